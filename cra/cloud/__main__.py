@@ -1,0 +1,3 @@
+from cra.cloud.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""The aiohttp application: REST and WebSocket on one port, errors shaped like the platform's."""
+from aiohttp import web
+
+from cra.cloud import configurations, devicecontrol, inventory, tenant
+from cra.cloud.auth import Authenticator
+from cra.cloud.errors import error_middleware
+from cra.cloud.relay import Relay
+
+MAX_BODY = 1024 * 1024
+
+
+def make_app(store, vault, operation_timeout, idle_timeout):
+    auth = Authenticator(store)
+    relay = Relay(store, operation_timeout, idle_timeout)
+    app = web.Application(middlewares=[error_middleware, auth.middleware], client_max_size=MAX_BODY)
+    app["store"], app["vault"], app["auth"] = store, vault, auth
+    for module in (inventory, devicecontrol, tenant, configurations):
+        app.add_routes(module.routes)
+    app.add_routes(relay.routes())
+    app.on_shutdown.append(relay.shutdown)
+    return app

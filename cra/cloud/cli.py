@@ -1,0 +1,96 @@
+"""cra-cloud's command line: flags, logging, the listening socket, and a clean stop on SIGTERM/SIGINT."""
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import sys
+
+from aiohttp import web
+
+from cra import __version__
+from cra.cloud import seed
+from cra.cloud.app import make_app
+from cra.cloud.configurations import warn_unreadable_secrets
+from cra.cloud.store import Store
+from cra.cloud.vault import Vault, VaultError
+
+log = logging.getLogger("cra.cloud")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="cra-cloud", description="A local stand-in for the Cumulocity side of Cloud Remote Access.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8111, help="port to listen on; 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--db", default=":memory:", help="sqlite file that keeps the state across restarts (default: %(default)s, lost at exit)")
+    parser.add_argument("--seed", metavar="FILE.json", help="tenants, users, devices and configurations to create at start (idempotent)")
+    parser.add_argument("--operation-timeout", type=_positive, default=30.0, metavar="SECONDS",
+                        help="how long a client waits for its device, unless the tenant option remoteaccess.operation.timeout says otherwise (default: %(default)g)")
+    parser.add_argument("--idle-timeout", type=_positive, default=3600.0, metavar="SECONDS",
+                        help="close a session after this long without data (default: %(default)g, as remoteaccess.ws.idle.timeout)")
+    parser.add_argument("--encryption-password", default=os.environ.get("CRA_CLOUD_ENCRYPTION_PASSWORD"),
+                        help="seal configuration secrets at rest (or CRA_CLOUD_ENCRYPTION_PASSWORD)")
+    parser.add_argument("--encryption-salt", default=os.environ.get("CRA_CLOUD_ENCRYPTION_SALT"),
+                        help="hex salt for the encryption key (or CRA_CLOUD_ENCRYPTION_SALT)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def _positive(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        vault = Vault(args.encryption_password, args.encryption_salt)
+        tenants = seed.load(args.seed) if args.seed else []
+        store = Store(args.db)
+    except (VaultError, seed.SeedError) as exc:
+        print(f"cra-cloud: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"cra-cloud: cannot open the database {args.db}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        seed.apply(store, vault, tenants)
+        warn_unreadable_secrets(store, vault)
+        return asyncio.run(serve(args, store, vault))
+    finally:
+        store.close()
+
+
+async def serve(args, store, vault):
+    runner = web.AppRunner(make_app(store, vault, args.operation_timeout, args.idle_timeout), access_log=log if args.verbose else None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, args.host, args.port).start()
+    except OSError as exc:
+        print(f"cra-cloud: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
+    host, port = runner.addresses[0][:2]
+    print(f"cra-cloud {__version__} listening on http://{_url_host(host)}:{port} "
+          f"(state in {args.db}, secrets {'sealed' if vault.encrypting else 'not encrypted'})", flush=True)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: closing sessions")
+    await runner.cleanup()
+    return 0
+
+
+def _url_host(host):
+    return f"[{host}]" if ":" in host else host

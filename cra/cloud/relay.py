@@ -1,0 +1,191 @@
+"""The remote access relay (WIRE.md section 4).
+
+A client WebSocket creates the PENDING operation and its one-use connection key, then waits for
+the device to connect with that key; from then on binary frames flow both ways. Each direction
+holds at most one frame: it is not read from its source until it has been written to the other
+side, so a slow reader slows the writer and nothing queues without bound. Whichever way a session
+ends (either side closes, drops, breaks a rule, goes idle, the device never comes, the cloud stops),
+it ends once, in `_end`, which closes both sides and writes the session's log line.
+"""
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from cra.cloud.auth import require_remote_access_admin
+from cra.cloud.configurations import known_configuration
+from cra.cloud.devicecontrol import fail_operation
+from cra.cloud.errors import not_found
+from cra.cloud.inventory import visible_managed_object
+from cra.cloud.rest import path_id
+from cra.cloud.tenant import operation_timeout
+
+log = logging.getLogger("cra.cloud")
+routes = web.RouteTableDef()
+
+MAX_FRAME = 1024 * 1024
+SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
+_session_numbers = itertools.count(1)
+
+
+def masked(key):
+    """Enough of a connection key to match log lines, not enough to use it."""
+    return key[:4] + "..."
+
+
+@dataclass
+class Ending:
+    """How a session ended: who ended it, the close code the other side gets, and why in words."""
+    by: str
+    code: int
+    reason: str
+    abrupt: bool = False
+
+
+class Session:
+    def __init__(self, tenant, device_id, config, operation_id, key, client, client_request):
+        loop = asyncio.get_running_loop()
+        self.number = next(_session_numbers)
+        self.tenant, self.device_id, self.config = tenant, device_id, config
+        self.operation_id, self.key = operation_id, key
+        self.sides = {"client": (client, client_request)}
+        self.device_joined = loop.create_future()
+        self.stop = loop.create_future()
+        self.finished = asyncio.Event()
+        self.bytes = {"client": 0, "device": 0}
+        self.started = self.last_activity = time.monotonic()
+
+    def join(self, device, device_request):
+        self.sides["device"] = (device, device_request)
+        self.last_activity = time.monotonic()
+        self.device_joined.set_result(device)
+
+    def describe(self):
+        return (f"session {self.number} (tenant {self.tenant}, device {self.device_id}, configuration "
+                f"{self.config['id']} '{self.config['name']}' {self.config['hostname']}:{self.config['port']}, "
+                f"operation {self.operation_id}, key {masked(self.key)})")
+
+
+class Relay:
+    def __init__(self, store, operation_timeout, idle_timeout):
+        self._store = store
+        self._operation_timeout = operation_timeout
+        self._idle_timeout = idle_timeout
+        self._waiting = {}
+        self._sessions = set()
+
+    def routes(self):
+        return [web.get("/service/remoteaccess/client/{deviceId}/configurations/{configId}", self.client_endpoint),
+                web.get("/service/remoteaccess/device/{key}", self.device_endpoint)]
+
+    async def client_endpoint(self, request):
+        principal = request["principal"]
+        require_remote_access_admin(principal)
+        device_id = int(visible_managed_object(request, path_id(request, "deviceId", "inventory", "Device"))["id"])
+        config = known_configuration(request, device_id)
+        timeout = operation_timeout(self._store, principal.tenant, self._operation_timeout)
+        key = str(uuid.uuid4())
+        operation = self._store.create_operation(principal.tenant, device_id, {
+            "description": f"Connect to {config['name']} ({config['hostname']}:{config['port']})",
+            "c8y_RemoteAccessConnect": {"hostname": config["hostname"], "port": config["port"], "connectionKey": key}})
+        client = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=MAX_FRAME)
+        await client.prepare(request)
+        session = Session(principal.tenant, device_id, config, operation["id"], key, client, request)
+        self._waiting[key] = session
+        self._sessions.add(session)
+        log.info("%s started by %s; waiting up to %g s for the device", session.describe(), principal.user, timeout)
+        try:
+            await self._run(session, timeout)
+        finally:
+            self._waiting.pop(key, None)
+            self._sessions.discard(session)
+            session.finished.set()
+        return client
+
+    async def device_endpoint(self, request):
+        key = request.match_info["key"]
+        session = self._waiting.get(key)
+        if session is None or session.tenant != request["principal"].tenant:
+            raise not_found("remoteaccess", f"No remote access session waits for connection key {masked(key)}; "
+                                            "a key is valid once, while its client is connected")
+        del self._waiting[key]
+        device = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME)
+        device.headers["Sec-WebSocket-Protocol"] = "binary"
+        await device.prepare(request)
+        session.join(device, request)
+        await session.finished.wait()
+        return device
+
+    async def shutdown(self, app=None):
+        for session in list(self._sessions):
+            if not session.stop.done():
+                session.stop.set_result(Ending("cloud", 1001, "the cloud is shutting down"))
+        await asyncio.gather(*(s.finished.wait() for s in list(self._sessions)))
+
+    async def _run(self, session, timeout):
+        tasks = [asyncio.ensure_future(c) for c in (
+            self._pump(session, "client", "device"), self._pump(session, "device", "client"),
+            self._watch(session, timeout), session.stop)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._end(session, next(iter(done)).result())
+
+    async def _pump(self, session, source, target):
+        """Frames from one side to the other, one at a time; returns the Ending that stopped them."""
+        if source == "device":
+            await session.device_joined
+        reader = session.sides[source][0]
+        while True:
+            message = await reader.receive()
+            if message.type is WSMsgType.BINARY:
+                await session.device_joined
+                try:
+                    await session.sides[target][0].send_bytes(message.data)
+                except ConnectionError:
+                    return Ending(target, 1006, f"the {target}'s connection dropped", abrupt=True)
+                session.bytes[source] += len(message.data)
+                session.last_activity = time.monotonic()
+            elif message.type is WSMsgType.TEXT:
+                return Ending(source, 1003, f"the {source} sent a text frame; the tunnel carries binary frames only")
+            elif message.type is WSMsgType.CLOSE:
+                code = message.data if message.data in SENDABLE_CODES else 1000
+                return Ending(source, code, f"the {source} closed ({message.data})")
+            elif message.type is WSMsgType.ERROR and reader.close_code in SENDABLE_CODES:
+                return Ending(source, reader.close_code, f"the {source} broke the protocol: {message.data}")
+            else:
+                return Ending(source, 1006, f"the {source}'s connection dropped", abrupt=True)
+
+    async def _watch(self, session, timeout):
+        """Ends a session whose device does not come in time, or whose data stops flowing."""
+        try:
+            await asyncio.wait_for(asyncio.shield(session.device_joined), timeout)
+        except asyncio.TimeoutError:
+            return Ending("timeout", 1011, f"the device did not connect within {timeout:g} s (remoteaccess.operation.timeout)")
+        while True:
+            idle = time.monotonic() - session.last_activity
+            if idle >= self._idle_timeout:
+                return Ending("idle", 1001, f"no data for {self._idle_timeout:g} s (idle timeout)")
+            await asyncio.sleep(self._idle_timeout - idle)
+
+    async def _end(self, session, ending):
+        self._waiting.pop(session.key, None)
+        if ending.by == "timeout":
+            fail_operation(self._store, session.tenant, session.operation_id, ending.reason.capitalize())
+        for side, (ws, request) in session.sides.items():
+            if ws.closed:
+                continue
+            if ending.abrupt and request.transport is not None:
+                request.transport.abort()
+            else:
+                await ws.close(code=ending.code, message=ending.reason[:120].encode())
+        log.info("session %d ended: %s; client->device %d bytes, device->client %d bytes, %.1f s",
+                 session.number, ending.reason, session.bytes["client"], session.bytes["device"],
+                 time.monotonic() - session.started)

@@ -1,0 +1,109 @@
+"""Tenant options (remoteaccess.operation.timeout, per tenant, no restart) and OAI-Secure tokens."""
+from aiohttp import web
+
+from cra.cloud.auth import require_user, unauthorized
+from cra.cloud.errors import ApiError, not_found, unprocessable
+from cra.cloud.rest import base_url, read_object, required_string, respond
+
+routes = web.RouteTableDef()
+
+REMOTE_ACCESS_CATEGORY = "remoteaccess"
+OPERATION_TIMEOUT_KEY = "remoteaccess.operation.timeout"
+
+
+def positive_seconds(value):
+    """The number in an option value, or None: the platform's values are strings, some clients send numbers."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < float("inf") and not isinstance(value, bool) else None
+
+
+def operation_timeout(store, tenant, default):
+    value = store.option(tenant, REMOTE_ACCESS_CATEGORY, OPERATION_TIMEOUT_KEY)
+    return default if value is None else positive_seconds(value)
+
+
+def option_value(category, key, value):
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise unprocessable("options", '"value" must be a string or a number')
+    if (category, key) == (REMOTE_ACCESS_CATEGORY, OPERATION_TIMEOUT_KEY) and positive_seconds(value) is None:
+        raise unprocessable("options", f"{key} must be a positive number of seconds, not {value!r}")
+    return str(value)
+
+
+def render_option(request, category, key, value):
+    return {"category": category, "key": key, "value": value,
+            "self": f"{base_url(request)}/tenant/options/{category}/{key}"}
+
+
+@routes.post("/tenant/options")
+async def create_option(request):
+    principal, store = request["principal"], request.app["store"]
+    require_user(principal)
+    body = await read_object(request)
+    category, key = required_string(body, "category", "options"), required_string(body, "key", "options")
+    value = option_value(category, key, body.get("value"))
+    store.put_option(principal.tenant, category, key, value)
+    return respond(render_option(request, category, key, value), "option", 201)
+
+
+def existing_option(request):
+    principal, store = request["principal"], request.app["store"]
+    require_user(principal)
+    category, key = request.match_info["category"], request.match_info["key"]
+    value = store.option(principal.tenant, category, key)
+    if value is None:
+        raise not_found("options", f"Unable to find option by given key: {category}/{key}")
+    return category, key, value
+
+
+@routes.get("/tenant/options/{category}/{key}")
+async def get_option(request):
+    return respond(render_option(request, *existing_option(request)), "option")
+
+
+@routes.put("/tenant/options/{category}/{key}")
+async def update_option(request):
+    principal, store = request["principal"], request.app["store"]
+    category, key, _ = existing_option(request)
+    value = option_value(category, key, (await read_object(request)).get("value"))
+    store.put_option(principal.tenant, category, key, value)
+    return respond(render_option(request, category, key, value), "option")
+
+
+@routes.delete("/tenant/options/{category}/{key}")
+async def delete_option(request):
+    principal, store = request["principal"], request.app["store"]
+    category, key, _ = existing_option(request)
+    store.delete_option(principal.tenant, category, key)
+    return web.Response(status=204)
+
+
+async def password_login(request):
+    """The principal of an OAuth password grant: form username (tenant/user or bare), password, tenant_id."""
+    form = await request.post()
+    if form.get("grant_type", "PASSWORD").upper() != "PASSWORD":
+        raise ApiError(400, "security/Bad Request", "only grant_type=PASSWORD is supported")
+    username, password = form.get("username", ""), form.get("password", "")
+    tenant, _, user = username.rpartition("/")
+    tenant = tenant or form.get("tenant_id") or request.query.get("tenant_id")
+    if not user or not password:
+        raise unauthorized("username and password are required")
+    return request.app["auth"].login(tenant, user, password)
+
+
+@routes.post("/tenant/oauth/token")
+async def oauth_token(request):
+    token, _ = request.app["auth"].issue_token(await password_login(request))
+    return respond({"access_token": token})
+
+
+@routes.post("/tenant/oauth")
+async def oauth_cookie(request):
+    token, claims = request.app["auth"].issue_token(await password_login(request))
+    response = web.Response(status=200)
+    response.set_cookie("authorization", token, httponly=True, path="/", samesite="Lax")
+    response.set_cookie("XSRF-TOKEN", claims["xsrfToken"], path="/", samesite="Lax")
+    return response
