@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS device_requests (
     PRIMARY KEY (tenant, id));
 """
 
+# Ids start where the platform's documentation examples do (device 10200), and look like real ones.
+FIRST_ID = """INSERT INTO sqlite_sequence (name, seq) SELECT 'ids', 10199
+              WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'ids')"""
+
 
 def now():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -49,6 +53,7 @@ class Store:
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._db.execute(FIRST_ID)
 
     def close(self):
         self._db.close()
