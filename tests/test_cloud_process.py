@@ -187,3 +187,14 @@ def test_version_and_help():
 
 def test_sigterm_stops_it_with_exit_code_0(cloud):
     assert cloud.stop() == 0
+
+
+def test_a_configuration_switched_to_no_credentials_forgets_its_secret(cloud):
+    """Nothing of a secret the user took back stays on disk, not even in freed database pages."""
+    config = _configuration_with_secret(cloud, "pi-Secret-4711")
+    device_id = cloud.device_id()
+    response = cloud.api().put(f"/service/remoteaccess/devices/{device_id}/configurations/{config['id']}",
+                               json={"credentialsType": "NONE"})
+    assert response.status_code == 200
+    cloud.stop()
+    assert b"pi-Secret-4711" not in _stored_bytes(cloud)

@@ -65,7 +65,8 @@ class Authenticator:
         return True
 
     def login(self, tenant, user, password):
-        """The principal for a tenant's user and password, or 401."""
+        """The principal for a tenant's user and password, or 401; no tenant means the only one."""
+        tenant = tenant or self._only_tenant()
         record = self._store.user(tenant, user) if tenant else None
         if record is None or not self.password_matches(record["password_hash"], password):
             raise unauthorized()
@@ -77,8 +78,7 @@ class Authenticator:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise unauthorized("Malformed Basic authorization header") from None
         tenant, _, user = user_part.rpartition("/")
-        if not tenant:
-            tenant = self._only_tenant()
+        tenant = tenant or self._only_tenant()
         if tenant == BOOTSTRAP_TENANT or self._store.user(tenant, user) is None:
             bootstrap = self._bootstrap(tenant, user, password)
             if bootstrap:
@@ -111,7 +111,7 @@ class Authenticator:
         try:
             header, payload, signature = token.split(".")
             expected = _b64url(hmac.new(self._signing_key, f"{header}.{payload}".encode(), hashlib.sha256).digest())
-            if not hmac.compare_digest(expected, signature):
+            if not _same(expected, signature):
                 raise ValueError("bad signature")
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -133,7 +133,7 @@ class Authenticator:
         cookie = request.cookies.get("authorization")
         if cookie:
             principal, claims = self.bearer(cookie)
-            if not hmac.compare_digest(request.headers.get("X-XSRF-TOKEN", ""), claims.get("xsrfToken", "")):
+            if not _same(request.headers.get("X-XSRF-TOKEN", ""), claims.get("xsrfToken", "")):
                 raise unauthorized("Missing or wrong X-XSRF-TOKEN header for cookie authentication")
             return principal
         raise unauthorized("Full authentication is required to access this resource")
@@ -157,6 +157,11 @@ def require_user(principal):
 def require_remote_access_admin(principal):
     if REMOTE_ACCESS_ADMIN not in principal.roles:
         raise forbidden(f"Access is denied: the user needs the role {REMOTE_ACCESS_ADMIN}")
+
+
+def _same(given, expected):
+    """Constant-time equality that also takes the non-ASCII text a client may send."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), str(expected).encode("utf-8", "replace"))
 
 
 def _b64url(data):

@@ -8,11 +8,13 @@ import sqlite3
 import sys
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from cra import __version__
 from cra.cloud import seed
 from cra.cloud.app import make_app
 from cra.cloud.configurations import warn_unreadable_secrets
+from cra.cloud.errors import loggable_path
 from cra.cloud.store import Store
 from cra.cloud.vault import Vault, VaultError
 
@@ -72,7 +74,8 @@ def main(argv=None):
 
 
 async def serve(args, store, vault):
-    runner = web.AppRunner(make_app(store, vault, args.operation_timeout, args.idle_timeout), access_log=log if args.verbose else None)
+    runner = web.AppRunner(make_app(store, vault, args.operation_timeout, args.idle_timeout),
+                           access_log=log if args.verbose else None, access_log_class=AccessLogger)
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port).start()
@@ -90,6 +93,14 @@ async def serve(args, store, vault):
     log.info("stopping: closing sessions")
     await runner.cleanup()
     return 0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's request line, but with connection keys masked."""
+
+    def log(self, request, response, time):
+        self.logger.info("%s %s %s %s %.3f s", request.remote, request.method, loggable_path(request.path_qs),
+                         response.status, time)
 
 
 def _url_host(host):

@@ -56,6 +56,8 @@ def save(store, vault, tenant, device_id, body, existing=None):
     """
     public, secrets = validated(body)
     sealed = vault.seal(secrets) if secrets else (existing or {}).get("sealed_secrets")
+    if public["credentialsType"] == "NONE":
+        sealed = None
     if existing is None:
         config = store.create_configuration(tenant, device_id, public, sealed)
     else:

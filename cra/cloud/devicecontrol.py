@@ -6,7 +6,7 @@ from aiohttp import web
 from cra.cloud.auth import hash_password, require_user
 from cra.cloud.errors import ApiError, forbidden, not_found, unprocessable
 from cra.cloud.inventory import visible_managed_object
-from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond
+from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond, whole_number
 
 routes = web.RouteTableDef()
 
@@ -42,7 +42,7 @@ async def list_operations(request):
     device_ids = None
     wanted = request.query.get("deviceId") or request.query.get("agentId")
     if wanted is not None:
-        device_ids = {int(wanted)} if wanted.isdigit() and len(wanted) <= 18 else set()
+        device_ids = {whole_number(wanted)} - {None}
     if principal.is_device:
         owned = {int(mo["id"]) for mo in store.managed_objects(principal.tenant, principal.user)}
         device_ids = owned if device_ids is None else device_ids & owned
@@ -64,12 +64,12 @@ async def create_operation(request):
     principal, store = request["principal"], request.app["store"]
     require_user(principal)
     body = await read_object(request)
-    device_id = body.get("deviceId")
-    if not (isinstance(device_id, (str, int)) and str(device_id).isdigit()):
+    device_id = whole_number(body["deviceId"]) if isinstance(body.get("deviceId"), (str, int)) else None
+    if device_id is None:
         raise unprocessable("devicecontrol", '"deviceId" must be the id of a device')
-    visible_managed_object_by_id(request, int(device_id))
+    visible_managed_object_by_id(request, device_id)
     fragments = {k: v for k, v in body.items() if k not in ("deviceId", "status", "failureReason", "id", "self")}
-    op = store.create_operation(principal.tenant, int(device_id), fragments)
+    op = store.create_operation(principal.tenant, device_id, fragments)
     return respond(render_operation(request, op), "operation", 201)
 
 

@@ -1,6 +1,7 @@
 """Cumulocity's error body, and the middleware that gives every 4xx/5xx one."""
 import json
 import logging
+import re
 
 from aiohttp import web
 
@@ -8,6 +9,17 @@ log = logging.getLogger("cra.cloud")
 
 ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json;charset=UTF-8;ver=0.9"
 INFO_URL = "https://cumulocity.com/guides/reference/rest-implementation"
+DEVICE_ENDPOINT_KEY = re.compile(r"(/service/remoteaccess/device/)([^/?]*)")
+
+
+def masked(secret):
+    """Enough of a connection key to match log lines, not enough to use it."""
+    return secret[:4] + "..."
+
+
+def loggable_path(path):
+    """A request path fit for a log: the connection key in a device endpoint masked."""
+    return DEVICE_ENDPOINT_KEY.sub(lambda m: m.group(1) + masked(m.group(2)), path)
 
 
 class ApiError(Exception):
@@ -49,7 +61,7 @@ async def error_middleware(request, handler):
             raise
         return error_response(exc.status, f"general/{exc.reason}", _sentence(exc))
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method, loggable_path(request.path))
         return error_response(500, "general/Internal Server Error", "The server failed to handle the request.")
 
 

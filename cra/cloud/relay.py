@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from cra.cloud.auth import require_remote_access_admin
 from cra.cloud.configurations import known_configuration
 from cra.cloud.devicecontrol import fail_operation
-from cra.cloud.errors import not_found
+from cra.cloud.errors import masked, not_found
 from cra.cloud.inventory import visible_managed_object
 from cra.cloud.rest import path_id
 from cra.cloud.tenant import operation_timeout
@@ -30,11 +30,6 @@ routes = web.RouteTableDef()
 MAX_FRAME = 1024 * 1024
 SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 _session_numbers = itertools.count(1)
-
-
-def masked(key):
-    """Enough of a connection key to match log lines, not enough to use it."""
-    return key[:4] + "..."
 
 
 @dataclass

@@ -19,12 +19,16 @@ def respond(body, media=None, status=200):
     return web.Response(status=status, body=json.dumps(body).encode(), headers={"Content-Type": content_type})
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def read_object(request):
-    """The JSON object in the body; 400 when it is not one."""
+    """The JSON object in the body; 400 when it is not one (NaN and Infinity are not JSON either)."""
     raw = await request.read()
     try:
-        body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw or b"null", parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         raise ApiError(400, "general/Bad Request", "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "general/Bad Request", "The request body must be a JSON object.")
@@ -35,10 +39,16 @@ def base_url(request):
     return f"{request.scheme}://{request.host}"
 
 
+def whole_number(raw):
+    """The int that a string of ASCII digits names, or None; ids and page numbers fit in sqlite's 64 bits."""
+    text = str(raw)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def path_id(request, name, domain, what):
     """A numeric id from the path; anything else names nothing, so 404."""
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    if whole_number(raw) is None:
         raise not_found(domain, f"{what} with id {raw} not found")
     return int(raw)
 
@@ -55,7 +65,7 @@ def page(request, domain):
     numbers = []
     for key, default, ceiling in (("pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), ("currentPage", 1, None)):
         raw = request.query.get(key, str(default))
-        if not raw.isdigit() or int(raw) < 1:
+        if not whole_number(raw):
             raise unprocessable(domain, f"{key} must be a positive whole number, not {raw!r}")
         numbers.append(min(int(raw), ceiling) if ceiling else int(raw))
     size, current = numbers
@@ -63,12 +73,11 @@ def page(request, domain):
 
 
 def collection(request, key, items, size, current, total):
-    """The platform's collection envelope, with next/prev links and statistics."""
+    """The platform's collection envelope: always a next link (a client reads until a page is empty)."""
     url = request.url
-    body = {"self": str(url.update_query(currentPage=current, pageSize=size)), key: items,
+    body = {"self": str(url.update_query(currentPage=current, pageSize=size)),
+            "next": str(url.update_query(currentPage=current + 1, pageSize=size)), key: items,
             "statistics": {"currentPage": current, "pageSize": size}}
-    if len(items) == size:
-        body["next"] = str(url.update_query(currentPage=current + 1, pageSize=size))
     if current > 1:
         body["prev"] = str(url.update_query(currentPage=current - 1, pageSize=size))
     if request.query.get("withTotalPages") == "true":
