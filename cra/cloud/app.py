@@ -13,9 +13,8 @@ def make_app(store, vault, operation_timeout, idle_timeout):
     auth = Authenticator(store)
     relay = Relay(store, operation_timeout, idle_timeout)
     app = web.Application(middlewares=[error_middleware, auth.middleware], client_max_size=MAX_BODY)
-    app["store"], app["vault"], app["auth"] = store, vault, auth
+    app["store"], app["vault"], app["auth"], app["relay"] = store, vault, auth, relay
     for module in (inventory, devicecontrol, tenant, configurations):
         app.add_routes(module.routes)
     app.add_routes(relay.routes())
-    app.on_shutdown.append(relay.shutdown)
     return app

@@ -74,11 +74,12 @@ def main(argv=None):
 
 
 async def serve(args, store, vault):
-    runner = web.AppRunner(make_app(store, vault, args.operation_timeout, args.idle_timeout),
-                           access_log=log if args.verbose else None, access_log_class=AccessLogger)
+    app = make_app(store, vault, args.operation_timeout, args.idle_timeout)
+    runner = web.AppRunner(app, access_log=log if args.verbose else None, access_log_class=AccessLogger)
     await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
     try:
-        await web.TCPSite(runner, args.host, args.port).start()
+        await site.start()
     except OSError as exc:
         print(f"cra-cloud: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         await runner.cleanup()
@@ -91,6 +92,8 @@ async def serve(args, store, vault):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping: closing sessions")
+    await site.stop()
+    await app["relay"].shutdown()
     await runner.cleanup()
     return 0
 

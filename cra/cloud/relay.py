@@ -28,6 +28,7 @@ log = logging.getLogger("cra.cloud")
 routes = web.RouteTableDef()
 
 MAX_FRAME = 1024 * 1024
+CLOSE_TIMEOUT = 5
 SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 _session_numbers = itertools.count(1)
 
@@ -60,9 +61,15 @@ class Session:
         self.device_joined.set_result(device)
 
     def describe(self):
-        return (f"session {self.number} (tenant {self.tenant}, device {self.device_id}, configuration "
-                f"{self.config['id']} '{self.config['name']}' {self.config['hostname']}:{self.config['port']}, "
-                f"operation {self.operation_id}, key {masked(self.key)})")
+        """What a log line needs to tie a session to its device, configuration and operation."""
+        return (f"tenant {self.tenant}, device {self.device_id}, configuration {self.config['id']} "
+                f"'{self.config['name']}' {self.config['hostname']}:{self.config['port']}, "
+                f"operation {self.operation_id}, key {masked(self.key)}")
+
+
+def _websocket():
+    # aiohttp refuses a frame of max_msg_size bytes or more; MAX_FRAME itself must cross.
+    return web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=MAX_FRAME + 1)
 
 
 class Relay:
@@ -87,12 +94,13 @@ class Relay:
         operation = self._store.create_operation(principal.tenant, device_id, {
             "description": f"Connect to {config['name']} ({config['hostname']}:{config['port']})",
             "c8y_RemoteAccessConnect": {"hostname": config["hostname"], "port": config["port"], "connectionKey": key}})
-        client = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=MAX_FRAME)
+        client = _websocket()
         await client.prepare(request)
         session = Session(principal.tenant, device_id, config, operation["id"], key, client, request)
         self._waiting[key] = session
         self._sessions.add(session)
-        log.info("%s started by %s; waiting up to %g s for the device", session.describe(), principal.user, timeout)
+        log.info("session %d started by %s: %s; waiting up to %g s for the device",
+                 session.number, principal.user, session.describe(), timeout)
         try:
             await self._run(session, timeout)
         finally:
@@ -108,14 +116,15 @@ class Relay:
             raise not_found("remoteaccess", f"No remote access session waits for connection key {masked(key)}; "
                                             "a key is valid once, while its client is connected")
         del self._waiting[key]
-        device = web.WebSocketResponse(compress=False, max_msg_size=MAX_FRAME)
-        device.headers["Sec-WebSocket-Protocol"] = "binary"
+        device = _websocket()
+        device.headers["Sec-WebSocket-Protocol"] = "binary"  # as the platform does, offered or not
         await device.prepare(request)
         session.join(device, request)
         await session.finished.wait()
         return device
 
-    async def shutdown(self, app=None):
+    async def shutdown(self):
+        """Close every session with 1001; before aiohttp's cleanup, which stops reading close replies."""
         for session in list(self._sessions):
             if not session.stop.done():
                 session.stop.set_result(Ending("cloud", 1001, "the cloud is shutting down"))
@@ -143,7 +152,9 @@ class Relay:
             if message.type is WSMsgType.BINARY:
                 await session.device_joined
                 try:
-                    await session.sides[target][0].send_bytes(message.data)
+                    # Shielded: cancelling a write cancels aiohttp's drain for the whole connection,
+                    # and the close that follows in _end would fail with it.
+                    await asyncio.shield(session.sides[target][0].send_bytes(message.data))
                 except ConnectionError:
                     return Ending(target, 1006, f"the {target}'s connection dropped", abrupt=True)
                 session.bytes[source] += len(message.data)
@@ -153,8 +164,8 @@ class Relay:
             elif message.type is WSMsgType.CLOSE:
                 code = message.data if message.data in SENDABLE_CODES else 1000
                 return Ending(source, code, f"the {source} closed ({message.data})")
-            elif message.type is WSMsgType.ERROR and reader.close_code in SENDABLE_CODES:
-                return Ending(source, reader.close_code, f"the {source} broke the protocol: {message.data}")
+            elif message.type is WSMsgType.ERROR and getattr(message.data, "code", None) in SENDABLE_CODES:
+                return Ending(source, message.data.code, f"the {source} broke the protocol: {message.data}")
             else:
                 return Ending(source, 1006, f"the {source}'s connection dropped", abrupt=True)
 
@@ -174,13 +185,22 @@ class Relay:
         self._waiting.pop(session.key, None)
         if ending.by == "timeout":
             fail_operation(self._store, session.tenant, session.operation_id, ending.reason.capitalize())
-        for side, (ws, request) in session.sides.items():
-            if ws.closed:
-                continue
-            if ending.abrupt and request.transport is not None:
-                request.transport.abort()
-            else:
-                await ws.close(code=ending.code, message=ending.reason[:120].encode())
-        log.info("session %d ended: %s; client->device %d bytes, device->client %d bytes, %.1f s",
+        await asyncio.gather(*(_close(ws, request, ending) for ws, request in session.sides.values()))
+        log.info("session %d ended: %s; client->device %d bytes, device->client %d bytes, %.1f s; %s",
                  session.number, ending.reason, session.bytes["client"], session.bytes["device"],
-                 time.monotonic() - session.started)
+                 time.monotonic() - session.started, session.describe())
+
+
+async def _close(ws, request, ending):
+    """Close one side with the ending's code; drop it instead when the ending was a drop, or when
+    the side does not take the close within CLOSE_TIMEOUT (a peer that stopped reading)."""
+    if ws.closed:
+        return
+    if not ending.abrupt:
+        try:
+            await asyncio.wait_for(ws.close(code=ending.code, message=ending.reason.encode()[:123]), CLOSE_TIMEOUT)
+            return
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+    if request.transport is not None:
+        request.transport.abort()
