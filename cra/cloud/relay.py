@@ -58,7 +58,8 @@ class Session:
     def join(self, device, device_request):
         self.sides["device"] = (device, device_request)
         self.last_activity = time.monotonic()
-        self.device_joined.set_result(device)
+        if not self.device_joined.done():  # a session that ended while the device upgraded cancelled it
+            self.device_joined.set_result(device)
 
     def describe(self):
         """What a log line needs to tie a session to its device, configuration and operation."""
