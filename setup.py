@@ -15,6 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["cra", "cra.*"]),
+    py_modules=["cra_agent"],
     install_requires=[
         "websocket-client>=1.2.3",
         "requests>=2.28",
@@ -26,6 +27,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "cra-agent = cra.cli:main",
             "cra-cloud = cra.cloud.cli:main",
         ],
     },

@@ -1,0 +1,195 @@
+"""The agent: registers the device, then polls for c8y_RemoteAccessConnect operations and gives
+each its own thread, so that a slow connect or a long session never holds up another.
+
+The poll loop outlives every failure of the network or the platform: it logs the failure (a
+rejected password once, until it works again), waits with a backoff that doubles up to
+max_backoff, and polls again; PENDING operations wait on the platform meanwhile, so none is lost.
+"""
+import logging
+import threading
+import time
+
+from cra.c8y import C8y, CloudError, CloudUnreachable
+from cra.endpoint import EndpointError, open_tcp
+from cra.operation import InvalidOperation, masked, parse
+from cra.tunnel import Tunnel
+from cra.websocket_leg import WebSocketLegError, open_device_websocket
+
+log = logging.getLogger("cra.agent")
+
+PROTOCOLS = ["PASSTHROUGH", "SSH", "VNC", "TELNET"]
+RESTART_REASON = "agent restarted; the session was lost"
+STOP_WAIT = 3.0
+
+
+class Agent:
+    def __init__(self, config):
+        self.config = config
+        self.c8y = C8y(config)
+        self.device_id = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._handling = set()
+        self._tunnels = {}
+        self._threads = []
+        self._failures = 0
+        self._credentials_reported = False
+
+    def run(self):
+        """Until shutdown(): register, fail what a previous run left EXECUTING, then poll."""
+        for step in (self._register, self._fail_lost_sessions):
+            while not self._stop.is_set() and not self._attempt(step):
+                self._stop.wait(self._backoff())
+        while not self._stop.is_set():
+            self._stop.wait(self.config.poll_interval if self._attempt(self._poll) else self._backoff())
+
+    def shutdown(self):
+        """Stop polling, close every tunnel with 1001, and cut what has not closed within STOP_WAIT.
+
+        Called from another thread than run(), which may be inside a request that takes its time.
+        """
+        self._stop.set()
+        with self._lock:
+            tunnels = [t for t in self._tunnels.values() if t is not None]
+        for tunnel in tunnels:
+            tunnel.stop(1001, "the agent is stopping")
+        deadline = time.monotonic() + STOP_WAIT
+        for thread in list(self._threads):
+            thread.join(max(0, deadline - time.monotonic()))
+        for tunnel in tunnels:
+            tunnel.cut()
+
+    def _attempt(self, step):
+        """Run one step against the cloud; False, with the reason logged, when the cloud failed it."""
+        try:
+            step()
+        except (CloudError, CloudUnreachable) as exc:
+            self._failures += 1
+            if isinstance(exc, CloudError) and exc.status == 401:
+                if not self._credentials_reported:
+                    log.error("credentials rejected by %s: check [c8y] tenant, user and password (or token); "
+                              "retrying every %g s at most", self.config.url, self.config.max_backoff)
+                    self._credentials_reported = True
+            else:
+                log.warning("%s; retrying in %g s", exc, self._backoff())
+            return False
+        if self._failures:
+            log.info("the cloud answers again")
+        self._failures, self._credentials_reported = 0, False
+        return True
+
+    def _backoff(self):
+        return min(self.config.poll_interval * 2 ** max(self._failures - 1, 0), self.config.max_backoff)
+
+    def _register(self):
+        """Find or create the device by its c8y_Serial; make sure it offers remote access (WIRE.md section 2)."""
+        config = self.config
+        device_id = self.c8y.find_device(config.external_id)
+        if device_id is None:
+            device_id = self.c8y.create_device(config.external_id, {
+                "name": config.device_name or config.external_id, "type": config.device_type,
+                "c8y_IsDevice": {}, "com_cumulocity_model_Agent": {},
+                "c8y_SupportedOperations": ["c8y_RemoteAccessConnect"],
+                "c8y_RemoteAccessSupportedProtocols": PROTOCOLS})
+            log.info("registered new device %s as managed object %s", config.external_id, device_id)
+        else:
+            current = self.c8y.device(device_id)
+            supported = current.get("c8y_SupportedOperations")
+            supported = supported if isinstance(supported, list) else []
+            changes = {}
+            if "c8y_RemoteAccessConnect" not in supported:
+                changes["c8y_SupportedOperations"] = supported + ["c8y_RemoteAccessConnect"]
+            if current.get("c8y_RemoteAccessSupportedProtocols") != PROTOCOLS:
+                changes["c8y_RemoteAccessSupportedProtocols"] = PROTOCOLS
+            if "com_cumulocity_model_Agent" not in current:
+                changes["com_cumulocity_model_Agent"] = {}
+            if changes:
+                self.c8y.update_device(device_id, changes)
+            log.info("device %s is managed object %s%s", config.external_id, device_id,
+                     f"; updated {', '.join(sorted(changes))}" if changes else "")
+        self.device_id = device_id
+
+    def _fail_lost_sessions(self):
+        for operation in self.c8y.connect_operations(self.device_id, "EXECUTING"):
+            self.c8y.set_status(operation["id"], "FAILED", RESTART_REASON)
+            log.info("operation %s set FAILED: %s", operation["id"], RESTART_REASON)
+
+    def _poll(self):
+        for operation in self.c8y.connect_operations(self.device_id, "PENDING"):
+            op_id = str(operation.get("id"))
+            with self._lock:
+                if op_id in self._handling:
+                    continue
+                self._handling.add(op_id)
+            thread = threading.Thread(target=self._handle, args=(operation,), name=f"op-{op_id}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _handle(self, operation):
+        op_id = str(operation.get("id"))
+        try:
+            self._connect(op_id, operation)
+        except (CloudError, CloudUnreachable) as exc:
+            log.warning("operation %s: %s", op_id, exc)
+        finally:
+            with self._lock:
+                self._handling.discard(op_id)
+                self._tunnels.pop(op_id, None)
+
+    def _connect(self, op_id, operation):
+        """One operation, from PENDING to the end of its tunnel."""
+        try:
+            request = parse(operation)
+        except InvalidOperation as exc:
+            return self._fail(op_id, str(exc))
+        with self._lock:
+            full = len(self._tunnels) >= self.config.max_tunnels
+            if not full:
+                self._tunnels[op_id] = None
+        if full:
+            return self._fail(op_id, f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)")
+        self.c8y.set_status(op_id, "EXECUTING")
+        endpoint, ws, reasons = self._open_legs(request)
+        if reasons:
+            return self._fail(op_id, "; ".join(reasons))
+        tunnel = Tunnel(endpoint, ws, f"tunnel-{op_id}", self.config.ping_interval)
+        with self._lock:
+            self._tunnels[op_id] = tunnel
+        if self._stop.is_set():
+            tunnel.stop(1001, "the agent is stopping")
+        try:
+            self.c8y.set_status(op_id, "SUCCESSFUL")
+        except (CloudError, CloudUnreachable) as exc:
+            log.warning("operation %s: the tunnel is up, but its status could not be set SUCCESSFUL: %s", op_id, exc)
+        started = time.monotonic()
+        log.info("tunnel %s open: %s <-> cloud (key %s)", op_id, request.target, masked(request.connection_key))
+        reason = tunnel.run()
+        log.info("tunnel %s closed: %s, %d bytes to the cloud, %d bytes from the cloud, %.1f s: %s",
+                 op_id, request.target, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
+
+    def _open_legs(self, request):
+        """Both legs at once, each with its own timeout: (endpoint, websocket, reasons either failed)."""
+        legs, reasons = {}, []
+
+        def open_endpoint():
+            try:
+                legs["endpoint"] = open_tcp(request.hostname, request.port, self.config.connect_timeout, request.target)
+            except EndpointError as exc:
+                reasons.append(str(exc))
+
+        opener = threading.Thread(target=open_endpoint, name=f"connect-{request.operation_id}", daemon=True)
+        opener.start()
+        try:
+            legs["ws"] = open_device_websocket(self.config, request.connection_key, self.config.connect_timeout)
+        except WebSocketLegError as exc:
+            reasons.append(str(exc))
+        opener.join()
+        if reasons and "endpoint" in legs:
+            legs["endpoint"].close()
+        if reasons and "ws" in legs:
+            legs["ws"].close(status=1011, reason="; ".join(reasons).encode()[:123])  # tells the user's tool why
+        return legs.get("endpoint"), legs.get("ws"), reasons
+
+    def _fail(self, op_id, reason):
+        log.warning("operation %s FAILED: %s", op_id, reason)
+        self.c8y.set_status(op_id, "FAILED", reason)

@@ -1,0 +1,140 @@
+"""The platform's REST API, as much of it as the agent uses (WIRE.md sections 1-3), over one session.
+
+Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
+(the platform answered, and said no) or CloudUnreachable (no usable answer at all).
+"""
+import requests
+
+from cra import __version__
+
+MEDIA = "application/vnd.com.nsn.cumulocity.{}+json"
+CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
+
+
+class CloudUnreachable(Exception):
+    pass
+
+
+class CloudError(Exception):
+    def __init__(self, status, message):
+        super().__init__(f"{message} ({status})")
+        self.status = status
+
+
+def session_for(config):
+    """A requests session that authenticates, verifies TLS and uses the proxy as configured."""
+    session = requests.Session()
+    if config.token:
+        session.headers["Authorization"] = f"Bearer {config.token}"
+    else:
+        session.auth = (f"{config.tenant}/{config.user}", config.password)
+    session.headers["User-Agent"] = f"cra-agent/{__version__}"
+    if config.ca_file:
+        session.verify = config.ca_file
+    if config.proxy:
+        session.proxies = {"http": config.proxy, "https": config.proxy}
+    return session
+
+
+class C8y:
+    def __init__(self, config):
+        self._base = config.url
+        self._timeout = config.request_timeout
+        self._session = session_for(config)
+
+    def _call(self, method, path, media=None, body=None, params=None):
+        headers = {"Accept": MEDIA.format(media) if media else "application/json"}
+        if body is not None:
+            headers["Content-Type"] = MEDIA.format(media) if media else "application/json"
+        try:
+            response = self._session.request(method, self._base + path, json=body, params=params,
+                                             headers=headers, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise CloudUnreachable(f"cannot reach {self._base}: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            raise CloudError(response.status_code, f"{method} {path} refused: {_error_message(response)}")
+        if not response.content:
+            return {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise CloudUnreachable(f"{method} {path}: the answer is not a JSON object "
+                                   f"(HTTP {response.status_code}, {len(response.content)} bytes)")
+        return answer
+
+    def find_device(self, external_id):
+        """The managed object id of a c8y_Serial, or None when it is not registered."""
+        try:
+            answer = self._call("GET", f"/identity/externalIds/c8y_Serial/{external_id}", "externalid")
+        except CloudError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _field(answer, "managedObject", "id")
+
+    def create_device(self, external_id, fragments):
+        mo_id = _field(self._call("POST", "/inventory/managedObjects", "managedobject", fragments), "id")
+        self._call("POST", f"/identity/globalIds/{mo_id}/externalIds", "externalid",
+                   {"type": "c8y_Serial", "externalId": external_id})
+        return mo_id
+
+    def device(self, mo_id):
+        return self._call("GET", f"/inventory/managedObjects/{mo_id}", "managedobject")
+
+    def update_device(self, mo_id, fragments):
+        self._call("PUT", f"/inventory/managedObjects/{mo_id}", "managedobject", fragments)
+
+    def connect_operations(self, device_id, status, page_size=100):
+        """The device's c8y_RemoteAccessConnect operations in a status, oldest first."""
+        answer = self._call("GET", "/devicecontrol/operations", "operationcollection", params={
+            "deviceId": device_id, "status": status, "fragmentType": CONNECT_FRAGMENT, "pageSize": page_size})
+        operations = answer.get("operations")
+        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+            raise CloudUnreachable("the operation list has no list of operations in it")
+        return operations
+
+    def set_status(self, operation_id, status, failure_reason=None):
+        body = {"status": status}
+        if failure_reason is not None:
+            body["failureReason"] = failure_reason
+        self._call("PUT", f"/devicecontrol/operations/{operation_id}", "operation", body)
+
+
+def _field(answer, *path):
+    value = answer
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise CloudUnreachable(f"the answer has no {'.'.join(path)}")
+    return str(value)
+
+
+def _error_message(response):
+    """The platform's own message when the body is its error shape, else the HTTP reason."""
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message)[:300] if message else (response.reason or "no reason given")
+
+
+def _reason(exc):
+    """Why a request got no answer, in words rather than urllib3's nested repr."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS verification failed (check [c8y] url and ca_file)"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return "the proxy refused or failed (check [c8y] proxy)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        for cause, words in (("Connection refused", "connection refused"), ("Name or service not known", "host name not found"),
+                             ("Temporary failure in name resolution", "host name not found"),
+                             ("Connection reset", "connection reset"), ("Network is unreachable", "network unreachable")):
+            if cause in text:
+                return words
+        return "connection failed"
+    return type(exc).__name__

@@ -1,0 +1,132 @@
+"""The agent's settings: an INI file, overridden by CRA_<SECTION>_<OPTION> environment variables.
+
+Everything is checked once, at start, into one frozen Config; a mistake is refused with the
+file, the option and what is wrong, because a gateway's agent is fixed over a serial console
+by someone reading that one line.
+"""
+import configparser
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    tenant: str
+    user: str
+    password: str
+    token: str
+    external_id: str
+    ca_file: str
+    proxy: str
+    request_timeout: float
+    device_name: str
+    device_type: str
+    poll_interval: float
+    max_backoff: float
+    connect_timeout: float
+    max_tunnels: int
+    ping_interval: float
+
+    @property
+    def websocket_url(self):
+        return "ws" + self.url[len("http"):]
+
+
+# (section, option): (type, default); a default of None marks a required option.
+OPTIONS = {
+    ("c8y", "url"): ("url", None),
+    ("c8y", "tenant"): (str, ""),
+    ("c8y", "user"): (str, ""),
+    ("c8y", "password"): (str, ""),
+    ("c8y", "token"): (str, ""),
+    ("c8y", "external_id"): (str, None),
+    ("c8y", "ca_file"): ("file", ""),
+    ("c8y", "proxy"): ("proxy", ""),
+    ("c8y", "request_timeout"): (float, 30.0),
+    ("agent", "device_name"): (str, ""),
+    ("agent", "device_type"): (str, "c8y_Linux"),
+    ("agent", "poll_interval"): (float, 5.0),
+    ("agent", "max_backoff"): (float, 60.0),
+    ("agent", "connect_timeout"): (float, 10.0),
+    ("agent", "max_tunnels"): (int, 20),
+    ("agent", "ping_interval"): (float, 30.0),
+}
+
+
+def env_name(section, option):
+    return f"CRA_{section.upper()}_{option.upper()}"
+
+
+def load(path, environ=os.environ):
+    """The Config from the file at `path` and the environment, or ConfigError saying where and why."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid INI file: {exc}") from None
+    for section in parser.sections():
+        for option in parser.options(section):
+            if (section, option) not in OPTIONS:
+                known = ", ".join(o for s, o in OPTIONS if s == section) or "none: known sections are [c8y] and [agent]"
+                raise ConfigError(f"{path}: [{section}] {option}: unknown option (known: {known})")
+    values = {}
+    for (section, option), (kind, default) in OPTIONS.items():
+        where = f"{path}: [{section}] {option}"
+        raw = environ.get(env_name(section, option))
+        if raw is not None:
+            where = f"environment {env_name(section, option)}"
+        elif parser.has_option(section, option):
+            raw = parser.get(section, option)
+        if raw is None or raw.strip() == "":
+            if default is None:
+                raise ConfigError(f"{where}: required, and not set")
+            values[option] = default
+        else:
+            values[option] = _convert(kind, raw.strip(), where)
+    return _checked(Config(**values), path)
+
+
+def _convert(kind, raw, where):
+    if kind is str:
+        return raw
+    if kind is int:
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{where}: must be a whole number of 1 or more, not {raw!r}")
+        return int(raw)
+    if kind is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"{where}: must be a positive number of seconds, not {raw!r}")
+        return value
+    if kind == "file":
+        if not os.path.isfile(raw):
+            raise ConfigError(f"{where}: no such file: {raw}")
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        example = "https://example.cumulocity.com" if kind == "url" else "http://proxy.example:3128"
+        raise ConfigError(f"{where}: must be an http or https URL such as {example}, not {raw!r}")
+    return raw.rstrip("/")
+
+
+def _checked(config, path):
+    if config.token and (config.user or config.password):
+        raise ConfigError(f"{path}: [c8y] token: give either token or user and password, not both")
+    if not config.token:
+        for option in ("tenant", "user", "password"):
+            if not getattr(config, option):
+                raise ConfigError(f"{path}: [c8y] {option}: required with user/password authentication "
+                                  f"(or set [c8y] token), and not set")
+    return config

@@ -1,0 +1,57 @@
+"""The local end of a tunnel, behind the small interface the tunnel pumps use.
+
+    read(size, idle)  bytes; b"" once the far end has closed; TimeoutError after `idle` seconds of quiet
+    write(data)       all of it, or OSError
+    interrupt()       wakes a blocked read or write on another thread, which then ends
+    close()           releases the descriptor; called once both pumps are done
+    name              what log lines and failure reasons call it
+"""
+import select
+import socket
+
+
+class EndpointError(Exception):
+    pass
+
+
+class TcpEndpoint:
+    def __init__(self, sock, name):
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self.name = name
+
+    def read(self, size, idle):
+        # Waiting in poll() rather than with a socket timeout keeps writes blocking, however slow the reader.
+        if not self._poll.poll(idle * 1000):
+            raise TimeoutError
+        return self._sock.recv(size)
+
+    def write(self, data):
+        self._sock.sendall(data)
+
+    def interrupt(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self):
+        self._sock.close()
+
+
+def open_tcp(hostname, port, timeout, name):
+    """Connect to every address the name resolves to (IPv4 and IPv6) in turn; EndpointError says why not."""
+    try:
+        sock = socket.create_connection((hostname, port), timeout=timeout)
+    except socket.gaierror:
+        raise EndpointError(f"cannot connect to {name}: host name not found") from None
+    except socket.timeout:
+        raise EndpointError(f"cannot connect to {name}: no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise EndpointError(f"cannot connect to {name}: connection refused") from None
+    except OSError as exc:
+        raise EndpointError(f"cannot connect to {name}: {(exc.strerror or str(exc)).lower()}") from None
+    return TcpEndpoint(sock, name)
