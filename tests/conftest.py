@@ -1,6 +1,6 @@
 import pytest
 
-from support import Cloud
+from support import AgentProcess, Cloud
 
 
 @pytest.fixture
@@ -24,3 +24,18 @@ def make_cloud(tmp_path):
     yield make
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    """Start the real agent against a cloud: make_agent(cloud, options={"agent": {...}}, env=..., name=...)."""
+    started = []
+
+    def make(cloud, **kwargs):
+        agent = AgentProcess(tmp_path, cloud, **kwargs).start()
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        agent.stop()

@@ -51,8 +51,9 @@ def basic(auth):
 class Cloud:
     """One cra-cloud process: started on a free port, its stderr kept in a file for assertions."""
 
-    def __init__(self, workdir, seed=SEED, args=(), db=None, env=None):
+    def __init__(self, workdir, seed=SEED, args=(), db=None, env=None, port=0):
         self.workdir = workdir
+        self.port = port
         self.seed_path = workdir / "seed.json"
         self.seed_path.write_text(json.dumps(seed))
         self.db = str(db or workdir / "cloud.db")
@@ -63,7 +64,8 @@ class Cloud:
         self.url = None
 
     def command(self):
-        return [sys.executable, "-m", "cra.cloud", "--port", "0", "--db", self.db, "--seed", str(self.seed_path), *self.args]
+        return [sys.executable, "-m", "cra.cloud", "--port", str(self.port), "--db", self.db,
+                "--seed", str(self.seed_path), *self.args]
 
     def start(self):
         with open(self.log_path, "ab") as log:
@@ -145,6 +147,74 @@ class Cloud:
         op = self.pending_operation(device_id)
         device = self.open_device(op["c8y_RemoteAccessConnect"]["connectionKey"], **(device_options or {}))
         return client, device, op
+
+
+AGENT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cra_agent.py")
+
+
+class AgentProcess:
+    """The real agent, `python3 cra_agent.py -c FILE`, against a Cloud; its stderr kept for assertions.
+
+    `options` become INI lines ({"c8y": {...}, "agent": {...}}) over a working default for gw-001.
+    """
+
+    def __init__(self, workdir, cloud, options=None, env=None, name="agent"):
+        self.cloud = cloud
+        self.config_path = workdir / f"{name}.conf"
+        self.log_path = workdir / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        sections = {"c8y": {"url": cloud.url, "tenant": "t100", "user": DEVICE[0].split("/")[1],
+                            "password": DEVICE[1], "external_id": "gw-001"},
+                    "agent": {"poll_interval": "0.2", "max_backoff": "1"}}
+        for section, values in (options or {}).items():
+            sections.setdefault(section, {}).update(values)
+        self.config_path.write_text("".join(
+            f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
+            for section, values in sections.items()))
+        self.proc = None
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, AGENT_SCRIPT, "-c", str(self.config_path)],
+                                         stdout=log, stderr=log, env=self.env)
+        return self
+
+    def stop(self, signum=signal.SIGTERM, timeout=15):
+        """The exit code after the signal; killed (and the test told so by -9) past `timeout`."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern, timeout=20):
+        """The first log line matching `pattern`, waiting for it (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log().splitlines():
+                if re.search(pattern, line):
+                    return line
+            if self.proc.poll() is not None and not re.search(pattern, self.log()):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no agent log line matches {pattern!r}:\n{self.log()}")
+
+
+def wait_for_status(cloud, op_id, statuses=("SUCCESSFUL", "FAILED"), timeout=20):
+    """The operation once its status is one of `statuses` (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        op = cloud.api(ADMIN).get(f"/devicecontrol/operations/{op_id}").json()
+        if op["status"] in statuses:
+            return op
+        time.sleep(0.05)
+    raise AssertionError(f"operation {op_id} is still {op['status']} after {timeout} s")
 
 
 class _BaseUrlSession:
