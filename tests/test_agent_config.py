@@ -1,0 +1,135 @@
+"""The agent's configuration and command line: a mistake stops it at start, saying where and what."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cra.config import OPTIONS, ConfigError, load
+from support import AGENT_SCRIPT
+
+REPO = Path(AGENT_SCRIPT).parent
+SHIPPED = REPO / "etc" / "cra-agent.conf"
+GOOD = """[c8y]
+url = https://example.cumulocity.com
+tenant = t100
+user = device_gw-001
+password = s3cret-Pw
+external_id = gw-001
+[agent]
+poll_interval = 5
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "agent.conf"
+    path.write_text(text)
+    return path
+
+
+def agent(*args, env=None, timeout=30):
+    return subprocess.run([sys.executable, AGENT_SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_good_file_gives_its_values_and_the_defaults(tmp_path):
+    config = load(write(tmp_path, GOOD), environ={})
+    assert (config.url, config.tenant, config.user, config.external_id) == \
+           ("https://example.cumulocity.com", "t100", "device_gw-001", "gw-001")
+    assert (config.poll_interval, config.max_tunnels, config.connect_timeout, config.ping_interval) == (5.0, 20, 10.0, 30.0)
+    assert config.websocket_url == "wss://example.cumulocity.com"
+
+
+def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
+    """etc/cra-agent.conf is the reference: each option there, in its section, with its default."""
+    text = SHIPPED.read_text()
+    sections = re.split(r"^\[(\w+)\]$", text, flags=re.M)
+    documented = {(name, option) for name, body in zip(sections[1::2], sections[2::2])
+                  for option in re.findall(r"^;? ?(\w+) =", body, flags=re.M)}
+    assert documented == set(OPTIONS)
+    for (section, option), (_, default) in OPTIONS.items():
+        if default not in (None, ""):
+            assert re.search(rf"^;? ?{option} = {default:g}$" if isinstance(default, float) else
+                             rf"^;? ?{option} = {default}$", text, flags=re.M), option
+    assert load(SHIPPED, environ={}).external_id == "gw-001"
+
+
+@pytest.mark.parametrize("change, complaint", [
+    (("[agent]", "[agent]\npoll_intervall = 5"), "[agent] poll_intervall: unknown option (known: device_name"),
+    (("[agent]", "[tunnels]\nmax = 3\n[agent]"), "[tunnels] max: unknown option (known: none"),
+    (("poll_interval = 5", "poll_interval = fast"), "[agent] poll_interval: must be a positive number of seconds, not 'fast'"),
+    (("poll_interval = 5", "poll_interval = -1"), "[agent] poll_interval: must be a positive number"),
+    (("poll_interval = 5", "max_tunnels = 0"), "[agent] max_tunnels: must be a whole number of 1 or more, not '0'"),
+    (("poll_interval = 5", "max_tunnels = 2.5"), "[agent] max_tunnels: must be a whole number"),
+    (("https://example.cumulocity.com", "ftp://example.cumulocity.com"), "[c8y] url: must be an http or https URL"),
+    (("https://example.cumulocity.com", "example.cumulocity.com"), "[c8y] url: must be an http or https URL"),
+    (("url = https://example.cumulocity.com\n", ""), "[c8y] url: required, and not set"),
+    (("external_id = gw-001", "external_id ="), "[c8y] external_id: required, and not set"),
+    (("user = device_gw-001\n", ""), "[c8y] user: required with user/password authentication"),
+    (("password = s3cret-Pw", "token = abc.def.ghi\npassword = s3cret-Pw"), "give either token or user and password"),
+    (("[agent]", "[agent]\nproxy = http://proxy:3128"), "[agent] proxy: unknown option"),
+    (("[c8y]", "[c8y]\nca_file = /nonexistent/ca.pem"), "[c8y] ca_file: no such file: /nonexistent/ca.pem"),
+    (("[c8y]", "[c8y]\nproxy = socks5://proxy:1080"), "[c8y] proxy: must be an http or https URL"),
+    (("[c8y]", "c8y]"), "not a valid INI file"),
+])
+def test_a_mistake_is_refused_with_the_file_the_option_and_why(tmp_path, change, complaint):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ConfigError) as refused:
+        load(path, environ={})
+    assert complaint in str(refused.value) and str(path) in str(refused.value)
+    assert "s3cret-Pw" not in str(refused.value)
+
+
+def test_token_alone_is_enough(tmp_path):
+    text = GOOD.replace("tenant = t100\nuser = device_gw-001\npassword = s3cret-Pw\n", "token = abc.def.ghi\n")
+    assert load(write(tmp_path, text), environ={}).token == "abc.def.ghi"
+
+
+def test_the_environment_overrides_the_file(tmp_path):
+    config = load(write(tmp_path, GOOD), environ={"CRA_C8Y_PASSWORD": "from-env", "CRA_AGENT_MAX_TUNNELS": "3"})
+    assert (config.password, config.max_tunnels) == ("from-env", 3)
+
+
+def test_a_bad_environment_value_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match=r"environment CRA_AGENT_POLL_INTERVAL: must be a positive number"):
+        load(write(tmp_path, GOOD), environ={"CRA_AGENT_POLL_INTERVAL": "soon"})
+
+
+def test_a_bad_config_exits_2_with_one_clear_line(tmp_path):
+    path = write(tmp_path, GOOD.replace("poll_interval = 5", "poll_interval = fast"))
+    result = agent("-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cra-agent: {path}: [agent] poll_interval: must be a positive number of seconds, not 'fast'"
+
+
+def test_a_missing_file_exits_2(tmp_path):
+    result = agent("-c", str(tmp_path / "nope.conf"))
+    assert result.returncode == 2
+    assert "nope.conf: cannot read the configuration file: No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["-c"], ["-c", "x.conf", "--bogus"]])
+def test_a_bad_command_line_exits_2_with_usage(args):
+    result = agent(*args)
+    assert result.returncode == 2 and "usage: cra-agent" in result.stderr
+
+
+def test_version_and_help_from_a_checkout_and_installed():
+    """Both ways in: `python3 cra_agent.py` from the checkout and the `cra-agent` console script."""
+    installed = shutil.which("cra-agent", path=os.path.dirname(sys.executable))
+    assert installed, "cra-agent is not installed beside this python"
+    for command in ([sys.executable, AGENT_SCRIPT], [installed]):
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30)
+        assert version.returncode == 0 and re.fullmatch(r"cra-agent \d+\.\d+\.\d+\n", version.stdout)
+        usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=30).stdout
+        assert "-c FILE" in usage and "--verbose" in usage and "CRA_C8Y_PASSWORD" in usage
+
+
+def test_a_clean_stop_exits_0(cloud, make_agent):
+    agent_process = make_agent(cloud)
+    agent_process.wait_for_log("device gw-001 is managed object")
+    assert agent_process.stop() == 0
+    assert "Traceback" not in agent_process.log()
