@@ -1,26 +1,36 @@
-# Every target sets up what it needs: a .venv from PyPI, and Debian packages when missing.
+# Every target sets up what it needs: virtual environments from PyPI, and Debian packages when missing.
 PYTHON ?= python3
-VENV := .venv
-STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8111
+# What Debian bookworm / Raspberry Pi OS ship: the agent must run on these as on the newest.
+OLDEST_PINS := websocket-client==1.2.3 requests==2.28.1 pyserial==3.5
 
 .PHONY: run test clean
 
-$(STAMP): setup.py
+# $(call venv,DIR,EXTRA PIP ARGUMENTS)
+define venv
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[cloud,dev]'
-	touch $@
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet -e '.[cloud,dev]' $(2)
+	touch $(1)/.installed
+endef
 
-run: $(STAMP)
-	$(VENV)/bin/cra-cloud --port $(PORT) --seed etc/cra-cloud-seed.json
+.venv/.installed: setup.py
+	$(call venv,.venv,)
 
-test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+.venv-oldest/.installed: setup.py
+	$(call venv,.venv-oldest,$(OLDEST_PINS))
+
+run: .venv/.installed
+	.venv/bin/cra-cloud --port $(PORT) --seed etc/cra-cloud-seed.json
+
+# The whole suite on the newest releases, then the agent's tests again on the oldest supported ones.
+test: .venv/.installed .venv-oldest/.installed
+	.venv/bin/python -m pytest
+	.venv-oldest/bin/python -m pytest tests/test_agent_*.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-oldest build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
