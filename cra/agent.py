@@ -30,6 +30,7 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._handling = set()
+        self._finished = set()
         self._tunnels = {}
         self._threads = []
         self._failures = 0
@@ -115,10 +116,13 @@ class Agent:
             log.info("operation %s set FAILED: %s", operation["id"], RESTART_REASON)
 
     def _poll(self):
+        with self._lock:
+            self._finished.clear()
         for operation in self.c8y.connect_operations(self.device_id, "PENDING"):
             op_id = str(operation.get("id"))
             with self._lock:
-                if op_id in self._handling:
+                # _finished: handled since this poll began, so possibly listed before its status changed
+                if op_id in self._handling or op_id in self._finished:
                     continue
                 self._handling.add(op_id)
             thread = threading.Thread(target=self._handle, args=(operation,), name=f"op-{op_id}", daemon=True)
@@ -134,6 +138,7 @@ class Agent:
         finally:
             with self._lock:
                 self._handling.discard(op_id)
+                self._finished.add(op_id)
                 self._tunnels.pop(op_id, None)
 
     def _connect(self, op_id, operation):
@@ -147,7 +152,9 @@ class Agent:
             if not full:
                 self._tunnels[op_id] = None
         if full:
-            return self._fail(op_id, f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)")
+            reason = f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)"
+            self._tell_user(request, reason)
+            return self._fail(op_id, reason)
         self.c8y.set_status(op_id, "EXECUTING")
         endpoint, ws, reasons = self._open_legs(request)
         if reasons:
@@ -184,12 +191,26 @@ class Agent:
         except WebSocketLegError as exc:
             reasons.append(str(exc))
         opener.join()
+        if len(legs) < 2 and not reasons:
+            reasons.append(f"cannot connect to {request.target}: the connection attempt failed")
         if reasons and "endpoint" in legs:
             legs["endpoint"].close()
         if reasons and "ws" in legs:
-            legs["ws"].close(status=1011, reason="; ".join(reasons).encode()[:123])  # tells the user's tool why
+            _close_with_reason(legs["ws"], "; ".join(reasons))
         return legs.get("endpoint"), legs.get("ws"), reasons
+
+    def _tell_user(self, request, reason):
+        """Close the cloud leg with the reason at once, rather than leave the user's tool waiting for its timeout."""
+        try:
+            _close_with_reason(open_device_websocket(self.config, request.connection_key, self.config.connect_timeout), reason)
+        except WebSocketLegError as exc:
+            log.debug("operation %s: could not tell the user why: %s", request.operation_id, exc)
 
     def _fail(self, op_id, reason):
         log.warning("operation %s FAILED: %s", op_id, reason)
         self.c8y.set_status(op_id, "FAILED", reason)
+
+
+def _close_with_reason(ws, reason):
+    """1011 and the reason, which the cloud passes on to the user's tool."""
+    ws.close(status=1011, reason=reason.encode()[:123])

@@ -46,7 +46,7 @@ def open_tcp(hostname, port, timeout, name):
     """Connect to every address the name resolves to (IPv4 and IPv6) in turn; EndpointError says why not."""
     try:
         sock = socket.create_connection((hostname, port), timeout=timeout)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):  # UnicodeError: a name IDNA cannot encode, e.g. a label over 63 characters
         raise EndpointError(f"cannot connect to {name}: host name not found") from None
     except socket.timeout:
         raise EndpointError(f"cannot connect to {name}: no answer within {timeout:g} s") from None

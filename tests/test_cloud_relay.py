@@ -292,6 +292,13 @@ def test_closing_one_side_closes_the_other_with_the_same_code(cloud, closer, cod
     assert ending(other) == code
 
 
+def test_the_reason_a_device_closes_with_reaches_the_client(cloud):
+    """An agent that cannot reach its target says why in its close; the user's tool should read it."""
+    client, device, _ = cloud.open_tunnel()
+    device.close(status=1011, reason=b"cannot connect to 10.0.0.67:5900: connection refused")
+    assert receive_close(client) == (1011, "cannot connect to 10.0.0.67:5900: connection refused")
+
+
 @pytest.mark.parametrize("dropper", ["device", "client"])
 def test_an_abrupt_drop_ends_the_other_side_without_a_close_frame(cloud, dropper):
     """WIRE.md: the other side sees 1006, which is what a socket that just ends means."""

@@ -40,6 +40,7 @@ class Ending:
     code: int
     reason: str
     abrupt: bool = False
+    told: str = ""  # the close reason the other side gets, when not `reason`: the closing side's own
 
 
 class Session:
@@ -164,7 +165,8 @@ class Relay:
                 return Ending(source, 1003, f"the {source} sent a text frame; the tunnel carries binary frames only")
             elif message.type is WSMsgType.CLOSE:
                 code = message.data if message.data in SENDABLE_CODES else 1000
-                return Ending(source, code, f"the {source} closed ({message.data})")
+                said = f": {message.extra}" if message.extra else ""
+                return Ending(source, code, f"the {source} closed ({message.data}{said})", told=message.extra or "")
             elif message.type is WSMsgType.ERROR and getattr(message.data, "code", None) in SENDABLE_CODES:
                 return Ending(source, message.data.code, f"the {source} broke the protocol: {message.data}")
             else:
@@ -199,7 +201,8 @@ async def _close(ws, request, ending):
         return
     if not ending.abrupt:
         try:
-            await asyncio.wait_for(ws.close(code=ending.code, message=ending.reason.encode()[:123]), CLOSE_TIMEOUT)
+            await asyncio.wait_for(ws.close(code=ending.code, message=(ending.told or ending.reason).encode()[:123]),
+                                   CLOSE_TIMEOUT)
             return
         except (asyncio.TimeoutError, ConnectionError):
             pass

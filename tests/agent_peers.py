@@ -1,0 +1,386 @@
+"""What the agent's end-to-end tests put around the real agent and the real cloud.
+
+The targets a tunnel reaches (an echo server, a refused port, a port whose handshake never
+completes), a stand-in for a platform that answers garbage, an uplink that can be cut, and the
+steps a user or an administrator takes on the cloud. Everything listens on and connects to
+127.0.0.1 only; every thread started here is joined, with a timeout, when its owner closes.
+"""
+import contextlib
+import http.server
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+from support import ADMIN
+
+from cra import config as agent_config_module
+
+LOCALHOST = "127.0.0.1"
+JOIN_TIMEOUT = 5
+ACCEPT_POLL = 0.1
+
+
+def free_port():
+    """A port nothing listens on right now, for a cloud that must come back where it was."""
+    with socket.socket() as probe:
+        probe.bind((LOCALHOST, 0))
+        return probe.getsockname()[1]
+
+
+def _shutdown(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _join(threads):
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    for thread in threads:
+        thread.join(max(0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    assert not stuck, f"threads did not end within {JOIN_TIMEOUT} s: {stuck}"
+
+
+class _Acceptor:
+    """A listening socket and the thread that hands each connection to `serve`, until close()."""
+
+    def __init__(self, serve, port=0):
+        self._listener = socket.create_server((LOCALHOST, port))
+        self._listener.settimeout(ACCEPT_POLL)
+        self.port = self._listener.getsockname()[1]
+        self._serve = serve
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets, self._threads = [], []
+        self._start(self._accept, "accept")
+
+    def _start(self, target, name, *args):
+        thread = threading.Thread(target=target, args=args, name=f"{type(self).__name__}-{name}", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def track(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+        if self._stop.is_set():  # closed while this connection was being set up
+            _shutdown(sock)
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.track(conn)
+            self._start(self._serve, "conn", conn)
+
+    def close(self):
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            _shutdown(sock)
+        _join(threads)
+        for sock in sockets:
+            sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EchoServer(_Acceptor):
+    """A local service that sends back every byte, on as many connections as tunnels reach it."""
+
+    def __init__(self):
+        super().__init__(self._echo)
+
+    @staticmethod
+    def _echo(conn):
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+        except OSError:
+            pass
+
+
+class CuttableLink(_Acceptor):
+    """The agent's uplink: a TCP forwarder to the cloud that a test cuts (connections refused, open
+    ones dropped) and restores on the same port, while the cloud itself stays up for the user."""
+
+    def __init__(self, cloud_url):
+        self._target = urlsplit(cloud_url).port
+        super().__init__(self._forward)
+        self.url = f"http://{LOCALHOST}:{self.port}"
+
+    def _forward(self, conn):
+        try:
+            upstream = socket.create_connection((LOCALHOST, self._target), timeout=JOIN_TIMEOUT)
+        except OSError:
+            return _shutdown(conn)
+        upstream.settimeout(None)
+        self.track(upstream)
+        self._start(self._pipe, "down", upstream, conn)
+        self._pipe(conn, upstream)
+
+    @staticmethod
+    def _pipe(source, target):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        _shutdown(target)
+
+    def cut(self):
+        self.close()
+
+    def restore(self):
+        _Acceptor.__init__(self, self._forward, self.port)
+
+
+@contextlib.contextmanager
+def refused_port():
+    """A port held bound but never listening: connecting is refused, and nothing else can take it."""
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def unanswered_port(fillers=8):
+    """A port whose TCP handshake never completes: a listener with backlog 0 whose accept queue is
+    filled with connections it never accepts, so the kernel drops every further SYN."""
+    listener = socket.socket()
+    listener.bind((LOCALHOST, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    opened = []
+    try:
+        for _ in range(fillers):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((LOCALHOST, port))
+            opened.append(filler)
+            try:
+                opened.append(socket.create_connection((LOCALHOST, port), timeout=0.3))
+            except socket.timeout:
+                break
+        else:
+            raise RuntimeError(f"connections to port {port} still complete after {fillers} fillers")
+        yield port
+    finally:
+        for sock in opened:
+            sock.close()
+        listener.close()
+
+
+# A platform that answers what the test scripts: (status, content type, body bytes), or one of these.
+HANG = "hang"  # keep the request waiting (until the server closes, at most JOIN_TIMEOUT)
+DROP = "drop"  # close the connection without an answer
+
+
+def json_answer(status, body):
+    return status, "application/json", json.dumps(body).encode()
+
+
+def text_answer(status, text, content_type="text/html"):
+    return status, content_type, text.encode()
+
+
+class ScriptedPlatform:
+    """An HTTP server on 127.0.0.1 that answers every request with answer(method, path, query)."""
+
+    def __init__(self, answer):
+        platform = self
+        self.requests = []
+        self._closing = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                platform.requests.append((self.command, parts.path, query))
+                reply = answer(self.command, parts.path, query)
+                if reply == HANG:
+                    platform._closing.wait(JOIN_TIMEOUT)
+                    return
+                if reply == DROP:
+                    return
+                status, content_type, body = reply
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _any
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self._server.daemon_threads = False  # server_close() joins them; each ends within JOIN_TIMEOUT
+        self.url = f"http://{LOCALHOST}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(ACCEPT_POLL,),
+                                        name="scripted-platform", daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        _join([self._thread])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def agent_config(tmp_path, url, **c8y):
+    """The agent's own Config, loaded from an INI file as the agent loads it (gw-001 by default)."""
+    options = {"url": url, "tenant": "t100", "user": "device_gw-001", "password": "dev-pw",
+               "external_id": "gw-001", **c8y}
+    path = tmp_path / f"direct-{uuid.uuid4().hex[:8]}.conf"
+    path.write_text("[c8y]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
+    return agent_config_module.load(path, environ={})
+
+
+# The cloud, as its users and administrators use it.
+
+
+def add_configuration(cloud, device_id, hostname, port):
+    """A remote access configuration a user can connect to; its id."""
+    body = {"name": f"target-{uuid.uuid4().hex[:8]}", "hostname": hostname, "port": port}
+    answer = cloud.api(ADMIN).post(f"/service/remoteaccess/devices/{device_id}/configurations", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def create_operation(cloud, device_id, fragment):
+    """An operation as an administrator (or a faulty integration) creates it, malformed or not; its id."""
+    answer = cloud.api(ADMIN).post("/devicecontrol/operations",
+                                   json={"deviceId": device_id, "c8y_RemoteAccessConnect": fragment})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def operation(cloud, op_id):
+    return cloud.api(ADMIN).get(f"/devicecontrol/operations/{op_id}").json()
+
+
+def latest_operation(cloud, device_id):
+    ops = cloud.api(ADMIN).get("/devicecontrol/operations", params={
+        "deviceId": device_id, "pageSize": 1, "revert": "true"}).json()["operations"]
+    assert ops, f"device {device_id} has no operation"
+    return ops[0]
+
+
+class User:
+    """A user's tool connected to one configuration, and the operation its connecting created."""
+
+    def __init__(self, cloud, device_id, config_id):
+        self.ws = cloud.open_client(device_id, config_id)
+        self.ws.settimeout(10)
+        op = latest_operation(cloud, device_id)
+        self.op_id = op["id"]
+        self.connection_key = op["c8y_RemoteAccessConnect"]["connectionKey"]
+
+    def echo(self, payload):
+        """What comes back through the tunnel for `payload`, frames joined."""
+        self.ws.send_binary(payload)
+        received = b""
+        for _ in range(len(payload)):
+            if len(received) >= len(payload):
+                break
+            received += self.ws.recv()
+        return received
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.ws.close(timeout=1)
+
+
+class Users:
+    """Every user's tool a test opened, all closed when it ends."""
+
+    def __init__(self):
+        self._opened = []
+
+    def connect(self, cloud, device_id, config_id):
+        user = User(cloud, device_id, config_id)
+        self._opened.append(user)
+        return user
+
+    def waiting_key(self, cloud):
+        """A connection key a real client waits on that no agent will take: gw-002's, which has none.
+
+        The cloud matches a device leg to a session by key and tenant, so the agent under test
+        (or a test playing it) can join it; the user on the other end sees what arrives."""
+        device_id = cloud.device_id("gw-002")
+        return self.connect(cloud, device_id, add_configuration(cloud, device_id, LOCALHOST, 22))
+
+    def close(self):
+        for user in self._opened:
+            user.close()
+
+
+# The agent's log.
+
+
+def wait_until(condition, what, timeout=20):
+    """Return once condition() holds; fail saying `what` did not happen (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def log_lines(agent, pattern):
+    return [line for line in agent.log().splitlines() if re.search(pattern, line)]
+
+
+def wait_for_log_count(agent, pattern, count, timeout=20):
+    """The first `count` lines matching `pattern`, once the agent has logged that many (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log_lines(agent, pattern)
+        if len(lines) >= count:
+            return lines[:count]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} agent log lines match {pattern!r}:\n{agent.log()}")
+
+
+def assert_logged_in_order(agent, patterns):
+    """Each pattern on a later line than the one before it."""
+    lines = agent.log().splitlines()
+    position = 0
+    for pattern in patterns:
+        found = next((i for i in range(position, len(lines)) if re.search(pattern, lines[i])), None)
+        assert found is not None, f"no agent log line after line {position} matches {pattern!r}:\n{agent.log()}"
+        position = found + 1

@@ -1,0 +1,229 @@
+"""The agent against a cloud that refuses, goes away, or answers nonsense (issue 3).
+
+A gateway's agent runs unattended for months: whatever the platform or the network does, it
+keeps running, says in one clear log line what is wrong, backs off, and picks up where it left
+off, with no PENDING operation lost. Against a real cra-cloud process, or a scripted HTTP
+server where the cloud cannot be made to misbehave; all on 127.0.0.1.
+"""
+import json
+import re
+import uuid
+
+import pytest
+
+from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, Users, add_configuration,
+                         agent_config, assert_logged_in_order, free_port, json_answer, log_lines, operation,
+                         refused_port, text_answer, wait_for_log_count, wait_until)
+from support import DEVICE, SEED, wait_for_status
+
+from cra.agent import PROTOCOLS
+from cra.c8y import C8y, CloudError, CloudUnreachable
+from cra.websocket_leg import WebSocketLegError, open_device_websocket
+
+
+@pytest.fixture
+def users():
+    opened = Users()
+    yield opened
+    opened.close()
+
+
+def assert_tunnel_works(cloud, users):
+    """What a user checks after an outage: a new session reaches the gateway's local service."""
+    device_id = cloud.device_id()
+    with EchoServer() as echo:
+        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
+        assert user.echo(b"back again") == b"back again"
+        assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
+
+
+# The device leg's refusals, as the agent's WebSocket code reports them.
+
+
+def test_a_wrong_device_password_is_named_when_the_tunnel_is_refused(cloud, users, tmp_path):
+    """With a wrong password the REST calls fail too, but a tunnel refused with 401 must say
+    "credentials", not blame the key, or the user hunts for a session problem."""
+    user = users.waiting_key(cloud)
+    with pytest.raises(WebSocketLegError) as refused:
+        open_device_websocket(agent_config(tmp_path, cloud.url, password="wrong-pw"), user.connection_key, 5)
+    assert str(refused.value).startswith("cloud refused the tunnel (401): check the device credentials")
+
+    ws = open_device_websocket(agent_config(tmp_path, cloud.url), user.connection_key, 5)  # the key itself was good
+    try:
+        ws.send_binary(b"credentials fixed")
+        assert user.ws.recv() == b"credentials fixed"
+    finally:
+        ws.close()
+
+
+def test_an_unknown_connection_key_is_named_when_the_tunnel_is_refused(cloud, tmp_path):
+    """A key is refused when the user's session ended before the agent came: the reason says so."""
+    with pytest.raises(WebSocketLegError) as refused:
+        open_device_websocket(agent_config(tmp_path, cloud.url), str(uuid.uuid4()), 5)
+    assert str(refused.value).startswith("cloud refused the tunnel (404): the connection key is unknown or used")
+
+
+# The cloud going away.
+
+
+def test_the_agent_outlives_the_cloud_going_away_and_coming_back(make_cloud, make_agent, users):
+    """A platform upgrade or a network outage must not need someone at the gateway afterwards."""
+    cloud = make_cloud(port=free_port())
+    agent = make_agent(cloud)
+    agent.wait_for_log(r"device gw-001 is managed object")
+    cloud.stop()
+    # Backing off: the delay logged doubles from poll_interval 0.2 s up to max_backoff 1 s.
+    wait_for_log_count(agent, rf"cannot reach {re.escape(cloud.url)}: connection refused; retrying in 1 s", 2)
+    assert agent.proc.poll() is None
+
+    cloud.start()
+    agent.wait_for_log(r"the cloud answers again")
+    assert_tunnel_works(cloud, users)
+    assert "Traceback" not in agent.log()
+
+
+def test_an_operation_created_while_the_agent_is_cut_off_is_served_when_it_is_back(cloud, make_agent, users):
+    """The user connects while the gateway's uplink is down: the operation waits on the platform,
+    and the agent must serve it once the uplink is back, within the platform's 30 s."""
+    device_id = cloud.device_id()
+    with CuttableLink(cloud.url) as link, EchoServer() as echo:
+        agent = make_agent(cloud, options={"c8y": {"url": link.url}})
+        agent.wait_for_log(r"device gw-001 is managed object")
+        config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
+        link.cut()
+        agent.wait_for_log(r"cannot reach .*: connection refused")
+
+        user = users.connect(cloud, device_id, config_id)
+        failures = len(log_lines(agent, r"cannot reach "))
+        wait_for_log_count(agent, r"cannot reach ", failures + 2)
+        assert operation(cloud, user.op_id)["status"] == "PENDING"  # the cut is real: the agent has not seen it
+
+        link.restore()
+        assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
+        assert user.echo(b"served after the outage") == b"served after the outage"
+
+
+def test_rejected_credentials_are_logged_once_and_the_agent_recovers(make_cloud, make_agent):
+    """A wrong password fails every poll; one line says so (not one per poll, filling the flash of
+    a gateway), and the agent comes back by itself once the platform accepts the password."""
+    cloud = make_cloud(port=free_port(), args=["-v"])
+    agent = make_agent(cloud, options={"c8y": {"password": "new-dev-pw"}})
+    agent.wait_for_log(r"credentials rejected by .*: check \[c8y\] tenant, user and password")
+    rejected = r"GET /identity/externalIds/c8y_Serial/gw-001 401"
+    wait_until(lambda: len(re.findall(rejected, cloud.log())) >= 4, "four refused attempts")
+    assert len(log_lines(agent, r"credentials rejected")) == 1
+    assert agent.proc.poll() is None
+
+    cloud.stop()
+    seed = json.loads(json.dumps(SEED))
+    next(u for u in seed[0]["users"] if u["user"] == DEVICE[0].split("/")[1])["password"] = "new-dev-pw"
+    cloud.seed_path.write_text(json.dumps(seed))
+    cloud.start()
+    agent.wait_for_log(r"device gw-001 is managed object")
+    assert log_lines(agent, r"the cloud answers again")
+    assert len(log_lines(agent, r"credentials rejected")) == 1
+    assert "Traceback" not in agent.log()
+
+
+# Answers that are not what the platform would send.
+
+REGISTERED = {
+    "/identity/externalIds/c8y_Serial/gw-001": json_answer(200, {
+        "externalId": "gw-001", "type": "c8y_Serial", "managedObject": {"id": "4711"}}),
+    "/inventory/managedObjects/4711": json_answer(200, {
+        "id": "4711", "c8y_IsDevice": {}, "com_cumulocity_model_Agent": {},
+        "c8y_SupportedOperations": ["c8y_RemoteAccessConnect"], "c8y_RemoteAccessSupportedProtocols": PROTOCOLS}),
+    "/devicecontrol/operations": json_answer(200, {"operations": [], "statistics": {"pageSize": 100}}),
+}
+PLATFORM_ERROR = json_answer(500, {"error": "general/Internal Server Error", "message": "The server failed."})
+
+
+class Misbehaving:
+    """A platform on which the device is registered, but whose first answers on some paths are bad."""
+
+    def __init__(self, bad):
+        self.bad = {path: list(answers) for path, answers in bad.items()}
+        self.good_polls = 0
+
+    def __call__(self, method, path, query):
+        route = f"{path}?status={query['status']}" if "status" in query else path
+        if self.bad.get(route):
+            return self.bad[route].pop(0)
+        if route.endswith("status=PENDING"):
+            self.good_polls += 1
+        return REGISTERED.get(path, json_answer(404, {"error": "general/Not Found", "message": "no such path"}))
+
+
+def test_server_errors_and_garbage_are_logged_and_outlived(make_agent):
+    """A proxy's HTML error page, a truncated answer or a platform bug must cost one log line
+    each and a wait that grows, never the agent."""
+    script = Misbehaving({
+        "/identity/externalIds/c8y_Serial/gw-001": [
+            PLATFORM_ERROR, text_answer(200, "<html>login</html>"), json_answer(200, {"managedObject": {}})],
+        "/devicecontrol/operations?status=PENDING": [
+            text_answer(502, "<html>Bad Gateway</html>"), json_answer(200, []),
+            json_answer(200, {"operations": "none"}), json_answer(200, {"operations": [1, 2]}),
+            (503, "text/plain", b"")],
+    })
+    with ScriptedPlatform(script) as platform:
+        agent = make_agent(platform)
+        wait_for_log_count(agent, r"the cloud answers again", 2)
+        wait_until(lambda: script.good_polls >= 3, "three good polls after the garbage")
+        assert agent.proc.poll() is None
+    assert_logged_in_order(agent, [
+        r"GET /identity/externalIds/c8y_Serial/gw-001 refused: The server failed\. \(500\); retrying in 0\.2 s$",
+        r"GET /identity/externalIds/c8y_Serial/gw-001: the answer is not a JSON object \(HTTP 200, 18 bytes\); "
+        r"retrying in 0\.4 s$",
+        r"the answer has no managedObject\.id; retrying in 0\.8 s$",
+        r"the cloud answers again",
+        r"GET /devicecontrol/operations refused: Bad Gateway \(502\); retrying in 0\.2 s$",
+        r"GET /devicecontrol/operations: the answer is not a JSON object \(HTTP 200, 2 bytes\); retrying in 0\.4 s$",
+        r"the operation list has no list of operations in it; retrying in 0\.8 s$",
+        r"the operation list has no list of operations in it; retrying in 1 s$",
+        r"GET /devicecontrol/operations refused: Service Unavailable \(503\); retrying in 1 s$",
+        r"the cloud answers again",
+    ])
+    assert "Traceback" not in agent.log()
+
+
+def find_device(c8y):
+    return c8y.find_device("gw-001")
+
+
+def poll(c8y):
+    return c8y.connect_operations("10200", "PENDING")
+
+
+@pytest.mark.parametrize("answer, call, error, status, sentence", [
+    (PLATFORM_ERROR, find_device, CloudError, 500,
+     r"^GET /identity/externalIds/c8y_Serial/gw-001 refused: The server failed\. \(500\)$"),
+    (json_answer(401, {"error": "security/Unauthorized", "message": "Invalid credentials! : Bad credentials"}),
+     poll, CloudError, 401, r"^GET /devicecontrol/operations refused: Invalid credentials! : Bad credentials \(401\)$"),
+    (text_answer(503, "<html>maintenance</html>"), poll, CloudError, 503,
+     r"^GET /devicecontrol/operations refused: Service Unavailable \(503\)$"),
+    (text_answer(200, "<html>login</html>"), find_device, CloudUnreachable, None,
+     r"^GET /identity/externalIds/c8y_Serial/gw-001: the answer is not a JSON object \(HTTP 200, 18 bytes\)$"),
+    (json_answer(200, ["a", "list"]), poll, CloudUnreachable, None, r"the answer is not a JSON object \(HTTP 200, "),
+    (json_answer(200, {"managedObject": {"id": True}}), find_device, CloudUnreachable, None,
+     r"^the answer has no managedObject\.id$"),
+    (json_answer(200, {"operations": [{"id": "1"}, "2"]}), poll, CloudUnreachable, None,
+     r"^the operation list has no list of operations in it$"),
+    (DROP, find_device, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: connection failed$"),
+    (HANG, poll, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: no answer in time$"),
+], ids=["500 platform error", "401", "503 html", "200 html", "200 json list", "no managed object id",
+        "operations not objects", "connection dropped", "no answer"])
+def test_the_rest_client_turns_every_bad_answer_into_a_sentence(tmp_path, answer, call, error, status, sentence):
+    """The agent logs these exceptions as they are: their text is what the operator reads, and a
+    401 must keep its status, since the agent reports rejected credentials differently."""
+    with ScriptedPlatform(lambda *request: answer) as platform:
+        c8y = C8y(agent_config(tmp_path, platform.url, request_timeout="0.5"))
+        with pytest.raises(error) as raised:
+            call(c8y)
+    assert re.search(sentence, str(raised.value)), str(raised.value)
+    assert getattr(raised.value, "status", None) == status
+
+
+def test_the_rest_client_names_a_refused_connection(tmp_path):
+    with refused_port() as port:
+        with pytest.raises(CloudUnreachable, match=rf"^cannot reach http://127\.0\.0\.1:{port}: connection refused$"):
+            find_device(C8y(agent_config(tmp_path, f"http://127.0.0.1:{port}")))
