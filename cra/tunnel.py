@@ -31,7 +31,9 @@ class Tunnel:
         self._close_code = None
         self._lock = threading.Lock()
         self._cloud_reader_done = threading.Event()
-        self._ping_unanswered_since = None
+        self._pinged_at = None
+        self._heard_at = time.monotonic()
+        self._writing = False
 
     def run(self):
         """Pump both ways until the tunnel ends; returns why it ended."""
@@ -92,16 +94,19 @@ class Tunnel:
             self.sent += len(data)
 
     def _keepalive(self):
-        """A ping when the endpoint has been quiet; the end when the last one went unanswered."""
+        """A ping when the endpoint has been quiet; the end when nothing at all came back for a whole
+        interval after one. Any frame counts as an answer, and so does a reader that is busy writing
+        to a slow endpoint: it cannot read the pong meanwhile, and the cloud is not to blame."""
         now = time.monotonic()
-        if self._ping_unanswered_since is not None and now - self._ping_unanswered_since >= self._ping_interval:
+        unanswered = self._pinged_at is not None and self._heard_at < self._pinged_at and not self._writing
+        if unanswered and now - self._pinged_at >= self._ping_interval:
             return self._end("the cloud stopped answering keepalive pings", None)
         try:
             self.ws.ping()
         except (OSError, websocket.WebSocketException) as exc:
             return self._end(f"the cloud connection failed: {_words(exc)}", None)
-        if self._ping_unanswered_since is None:
-            self._ping_unanswered_since = now
+        if not unanswered:
+            self._pinged_at = now
 
     def _cloud_to_endpoint(self):
         while True:
@@ -109,17 +114,19 @@ class Tunnel:
                 opcode, frame = self.ws.recv_data_frame(True)
             except (OSError, websocket.WebSocketException) as exc:
                 return self._end(f"the cloud connection dropped: {_words(exc)}", None)
+            self._heard_at = time.monotonic()
             if opcode in DATA_OPCODES:
+                self._writing = True
                 try:
                     self.endpoint.write(frame.data)
                 except OSError as exc:
                     return self._end(f"{self.endpoint.name} failed: {_words(exc)}", 1000)
+                finally:
+                    self._writing = False
                 self.received += len(frame.data)
             elif opcode == ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else "no code"
                 return self._end(f"the cloud closed the tunnel ({code})", None)
-            elif opcode == ABNF.OPCODE_PONG:
-                self._ping_unanswered_since = None
 
 
 def _shutdown(sock):
