@@ -25,7 +25,7 @@ STOP_WAIT = 3.0
 class Agent:
     def __init__(self, config):
         self.config = config
-        self.c8y = C8y(config)
+        self.c8y = C8y(config.cloud)
         self.device_id = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -69,7 +69,7 @@ class Agent:
             if isinstance(exc, CloudError) and exc.status == 401:
                 if not self._credentials_reported:
                     log.error("credentials rejected by %s: check [c8y] tenant, user and password (or token); "
-                              "retrying every %g s at most", self.config.url, self.config.max_backoff)
+                              "retrying every %g s at most", self.config.cloud.url, self.config.max_backoff)
                     self._credentials_reported = True
             else:
                 log.warning("%s; retrying in %g s", exc, self._backoff())
@@ -187,7 +187,7 @@ class Agent:
         opener = threading.Thread(target=open_endpoint, name=f"connect-{request.operation_id}", daemon=True)
         opener.start()
         try:
-            legs["ws"] = open_device_websocket(self.config, request.connection_key, self.config.connect_timeout)
+            legs["ws"] = open_device_websocket(self.config.cloud, request.connection_key, self.config.connect_timeout)
         except WebSocketLegError as exc:
             reasons.append(str(exc))
         opener.join()
@@ -202,7 +202,7 @@ class Agent:
     def _tell_user(self, request, reason):
         """Close the cloud leg with the reason at once, rather than leave the user's tool waiting for its timeout."""
         try:
-            _close_with_reason(open_device_websocket(self.config, request.connection_key, self.config.connect_timeout), reason)
+            _close_with_reason(open_device_websocket(self.config.cloud, request.connection_key, self.config.connect_timeout), reason)
         except WebSocketLegError as exc:
             log.debug("operation %s: could not tell the user why: %s", request.operation_id, exc)
 

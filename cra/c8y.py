@@ -21,26 +21,23 @@ class CloudError(Exception):
         self.status = status
 
 
-def session_for(config):
+def session_for(access):
     """A requests session that authenticates, verifies TLS and uses the proxy as configured."""
     session = requests.Session()
-    if config.token:
-        session.headers["Authorization"] = f"Bearer {config.token}"
-    else:
-        session.auth = (f"{config.tenant}/{config.user}", config.password)
+    session.headers["Authorization"] = access.authorization
     session.headers["User-Agent"] = f"cra-agent/{__version__}"
-    if config.ca_file:
-        session.verify = config.ca_file
-    if config.proxy:
-        session.proxies = {"http": config.proxy, "https": config.proxy}
+    if access.ca_file:
+        session.verify = access.ca_file
+    if access.proxy:
+        session.proxies = {"http": access.proxy, "https": access.proxy}
     return session
 
 
 class C8y:
-    def __init__(self, config):
-        self._base = config.url
-        self._timeout = config.request_timeout
-        self._session = session_for(config)
+    def __init__(self, access):
+        self._base = access.url
+        self._timeout = access.request_timeout
+        self._session = session_for(access)
 
     def _call(self, method, path, media=None, body=None, params=None):
         headers = {"Accept": MEDIA.format(media) if media else "application/json"}

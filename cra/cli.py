@@ -50,7 +50,7 @@ def main(argv=None):
             crashed.append(True)
             stopping.set()
 
-    log.info("cra-agent %s starting for device %s at %s", __version__, config.external_id, config.url)
+    log.info("cra-agent %s starting for device %s at %s", __version__, config.external_id, config.cloud.url)
     poller = threading.Thread(target=poll, name="poll", daemon=True)
     poller.start()
     stopping.wait()

@@ -4,9 +4,10 @@ Everything is checked once, at start, into one frozen Config; a mistake is refus
 file, the option and what is wrong, because a gateway's agent is fixed over a serial console
 by someone reading that one line.
 """
+import base64
 import configparser
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 
@@ -15,16 +16,36 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Config:
+class CloudAccess:
+    """Where the tenant is and how to get in: what the agent and cra-connect have in common."""
     url: str
-    tenant: str
-    user: str
-    password: str
-    token: str
+    tenant: str = ""
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    ca_file: str = ""
+    proxy: str = ""
+    request_timeout: float = 30.0
+
+    @property
+    def websocket_url(self):
+        return "ws" + self.url[len("http"):]
+
+    @property
+    def authorization(self):
+        """The Authorization header: Bearer with a token, else Basic with the tenant-prefixed user (WIRE.md section 1)."""
+        if self.token:
+            return f"Bearer {self.token}"
+        return "Basic " + base64.b64encode(f"{self.tenant}/{self.user}:{self.password}".encode()).decode()
+
+    def __repr__(self):
+        return f"CloudAccess(url={self.url!r}, tenant={self.tenant!r}, user={self.user!r})"
+
+
+@dataclass(frozen=True)
+class Config:
+    cloud: CloudAccess
     external_id: str
-    ca_file: str
-    proxy: str
-    request_timeout: float
     device_name: str
     device_type: str
     poll_interval: float
@@ -32,10 +53,6 @@ class Config:
     connect_timeout: float
     max_tunnels: int
     ping_interval: float
-
-    @property
-    def websocket_url(self):
-        return "ws" + self.url[len("http"):]
 
 
 # (section, option): (type, default); a default of None marks a required option.
@@ -92,7 +109,8 @@ def load(path, environ=os.environ):
             values[option] = default
         else:
             values[option] = _convert(kind, raw.strip(), where)
-    return _checked(Config(**values), path)
+    cloud = CloudAccess(**{f.name: values.pop(f.name) for f in fields(CloudAccess)})
+    return Config(cloud=_checked(cloud, path), **values)
 
 
 def _convert(kind, raw, where):
@@ -121,12 +139,12 @@ def _convert(kind, raw, where):
     return raw.rstrip("/")
 
 
-def _checked(config, path):
-    if config.token and (config.user or config.password):
+def _checked(cloud, path):
+    if cloud.token and (cloud.user or cloud.password):
         raise ConfigError(f"{path}: [c8y] token: give either token or user and password, not both")
-    if not config.token:
+    if not cloud.token:
         for option in ("tenant", "user", "password"):
-            if not getattr(config, option):
+            if not getattr(cloud, option):
                 raise ConfigError(f"{path}: [c8y] {option}: required with user/password authentication "
                                   f"(or set [c8y] token), and not set")
-    return config
+    return cloud

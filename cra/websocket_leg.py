@@ -1,5 +1,9 @@
-"""The cloud end of a tunnel: the device WebSocket of WIRE.md section 4, and why it would not open."""
-import base64
+"""Opening a remote access WebSocket (WIRE.md section 4) and saying, in words, why one would not open.
+
+The agent opens the device end; cra-connect opens the client end. Both offer `binary`, send the
+Authorization of section 1, verify TLS, and go through the configured proxy (or the
+environment's: websocket-client honours https_proxy, http_proxy and no_proxy by itself).
+"""
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -8,7 +12,7 @@ import websocket
 
 from cra.operation import masked
 
-REFUSALS = {
+DEVICE_REFUSALS = {
     401: "check the device credentials ([c8y] user/password or token)",
     403: "the device user may not open remote access tunnels",
     404: "the connection key is unknown or used: the user's session ended or timed out before the agent connected",
@@ -16,29 +20,36 @@ REFUSALS = {
 
 
 class WebSocketLegError(Exception):
-    pass
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
 
 
-def open_device_websocket(config, connection_key, timeout):
-    """A connected websocket-client WebSocket, blocking, with no timeout once it is up."""
-    url = f"{config.websocket_url}/service/remoteaccess/device/{connection_key}"
-    auth = f"Bearer {config.token}" if config.token else _basic(config)
-    options = {"header": [f"Authorization: {auth}"], "subprotocols": ["binary"], "timeout": timeout,
-               "enable_multithread": True, "skip_utf8_validation": True}
-    if config.ca_file:
-        options["sslopt"] = {"ca_certs": config.ca_file}
-    if config.proxy:
-        proxy = urlsplit(config.proxy)
+def open_device_websocket(access, connection_key, timeout):
+    """The agent's leg of the tunnel for one connection key."""
+    path = "/service/remoteaccess/device/"
+    return open_websocket(access, path + connection_key, timeout, DEVICE_REFUSALS, shown=path + masked(connection_key))
+
+
+def open_websocket(access, path, timeout, refusals, shown=None):
+    """A connected websocket-client WebSocket, blocking with no timeout once it is up; or
+    WebSocketLegError with the HTTP status when the cloud refused, and `refusals` advice for it."""
+    where = access.websocket_url + (shown or path)
+    options = {"header": [f"Authorization: {access.authorization}"], "subprotocols": ["binary"],
+               "timeout": timeout, "enable_multithread": True, "skip_utf8_validation": True}
+    if access.ca_file:
+        options["sslopt"] = {"ca_certs": access.ca_file}
+    if access.proxy:
+        proxy = urlsplit(access.proxy)
         options.update(http_proxy_host=proxy.hostname, http_proxy_port=proxy.port or 80, proxy_type="http")
         if proxy.username:
             options["http_proxy_auth"] = (proxy.username, proxy.password or "")
-    where = f"{config.websocket_url}/service/remoteaccess/device/{masked(connection_key)}"
     try:
-        ws = websocket.create_connection(url, **options)
+        ws = websocket.create_connection(access.websocket_url + path, **options)
     except websocket.WebSocketBadStatusException as exc:
         status = getattr(exc, "status_code", None)
-        advice = REFUSALS.get(status, "the cloud's remote access service did not accept it")
-        raise WebSocketLegError(f"cloud refused the tunnel ({status}): {advice}") from None
+        advice = refusals.get(status, "the cloud's remote access service did not accept it")
+        raise WebSocketLegError(f"cloud refused the tunnel ({status}): {advice}", status) from None
     except (websocket.WebSocketTimeoutException, socket.timeout):
         raise WebSocketLegError(f"cloud did not open the tunnel within {timeout:g} s ({where})") from None
     except ssl.SSLError as exc:
@@ -54,8 +65,3 @@ def open_device_websocket(config, connection_key, timeout):
         raise WebSocketLegError(f"cannot open the tunnel to the cloud ({where}): {exc}") from None
     ws.settimeout(None)
     return ws
-
-
-def _basic(config):
-    token = base64.b64encode(f"{config.tenant}/{config.user}:{config.password}".encode()).decode()
-    return f"Basic {token}"

@@ -260,13 +260,13 @@ class ScriptedPlatform:
         self.close()
 
 
-def agent_config(tmp_path, url, **c8y):
-    """The agent's own Config, loaded from an INI file as the agent loads it (gw-001 by default)."""
+def cloud_access(tmp_path, url, **c8y):
+    """The agent's CloudAccess, loaded from an INI file as the agent loads it (gw-001 by default)."""
     options = {"url": url, "tenant": "t100", "user": "device_gw-001", "password": "dev-pw",
                "external_id": "gw-001", **c8y}
     path = tmp_path / f"direct-{uuid.uuid4().hex[:8]}.conf"
     path.write_text("[c8y]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
-    return agent_config_module.load(path, environ={})
+    return agent_config_module.load(path, environ={}).cloud
 
 
 # The cloud, as its users and administrators use it.

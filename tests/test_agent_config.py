@@ -37,10 +37,11 @@ def agent(*args, env=None, timeout=30):
 
 def test_a_good_file_gives_its_values_and_the_defaults(tmp_path):
     config = load(write(tmp_path, GOOD), environ={})
-    assert (config.url, config.tenant, config.user, config.external_id) == \
+    assert (config.cloud.url, config.cloud.tenant, config.cloud.user, config.external_id) == \
            ("https://example.cumulocity.com", "t100", "device_gw-001", "gw-001")
     assert (config.poll_interval, config.max_tunnels, config.connect_timeout, config.ping_interval) == (5.0, 20, 10.0, 30.0)
-    assert config.websocket_url == "wss://example.cumulocity.com"
+    assert config.cloud.websocket_url == "wss://example.cumulocity.com"
+    assert "s3cret-Pw" not in repr(config), "a Config printed in a traceback must not show the password"
 
 
 def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
@@ -85,12 +86,12 @@ def test_a_mistake_is_refused_with_the_file_the_option_and_why(tmp_path, change,
 
 def test_token_alone_is_enough(tmp_path):
     text = GOOD.replace("tenant = t100\nuser = device_gw-001\npassword = s3cret-Pw\n", "token = abc.def.ghi\n")
-    assert load(write(tmp_path, text), environ={}).token == "abc.def.ghi"
+    assert load(write(tmp_path, text), environ={}).cloud.authorization == "Bearer abc.def.ghi"
 
 
 def test_the_environment_overrides_the_file(tmp_path):
     config = load(write(tmp_path, GOOD), environ={"CRA_C8Y_PASSWORD": "from-env", "CRA_AGENT_MAX_TUNNELS": "3"})
-    assert (config.password, config.max_tunnels) == ("from-env", 3)
+    assert (config.cloud.password, config.max_tunnels) == ("from-env", 3)
 
 
 def test_a_bad_environment_value_names_the_variable(tmp_path):

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, Users, add_configuration,
-                         agent_config, assert_logged_in_order, free_port, json_answer, log_lines, operation,
+                         cloud_access, assert_logged_in_order, free_port, json_answer, log_lines, operation,
                          refused_port, text_answer, wait_for_log_count, wait_until)
 from support import DEVICE, SEED, wait_for_status
 
@@ -45,10 +45,10 @@ def test_a_wrong_device_password_is_named_when_the_tunnel_is_refused(cloud, user
     "credentials", not blame the key, or the user hunts for a session problem."""
     user = users.waiting_key(cloud)
     with pytest.raises(WebSocketLegError) as refused:
-        open_device_websocket(agent_config(tmp_path, cloud.url, password="wrong-pw"), user.connection_key, 5)
+        open_device_websocket(cloud_access(tmp_path, cloud.url, password="wrong-pw"), user.connection_key, 5)
     assert str(refused.value).startswith("cloud refused the tunnel (401): check the device credentials")
 
-    ws = open_device_websocket(agent_config(tmp_path, cloud.url), user.connection_key, 5)  # the key itself was good
+    ws = open_device_websocket(cloud_access(tmp_path, cloud.url), user.connection_key, 5)  # the key itself was good
     try:
         ws.send_binary(b"credentials fixed")
         assert user.ws.recv() == b"credentials fixed"
@@ -59,7 +59,7 @@ def test_a_wrong_device_password_is_named_when_the_tunnel_is_refused(cloud, user
 def test_an_unknown_connection_key_is_named_when_the_tunnel_is_refused(cloud, tmp_path):
     """A key is refused when the user's session ended before the agent came: the reason says so."""
     with pytest.raises(WebSocketLegError) as refused:
-        open_device_websocket(agent_config(tmp_path, cloud.url), str(uuid.uuid4()), 5)
+        open_device_websocket(cloud_access(tmp_path, cloud.url), str(uuid.uuid4()), 5)
     assert str(refused.value).startswith("cloud refused the tunnel (404): the connection key is unknown or used")
 
 
@@ -216,7 +216,7 @@ def test_the_rest_client_turns_every_bad_answer_into_a_sentence(tmp_path, answer
     """The agent logs these exceptions as they are: their text is what the operator reads, and a
     401 must keep its status, since the agent reports rejected credentials differently."""
     with ScriptedPlatform(lambda *request: answer) as platform:
-        c8y = C8y(agent_config(tmp_path, platform.url, request_timeout="0.5"))
+        c8y = C8y(cloud_access(tmp_path, platform.url, request_timeout="0.5"))
         with pytest.raises(error) as raised:
             call(c8y)
     assert re.search(sentence, str(raised.value)), str(raised.value)
@@ -226,4 +226,4 @@ def test_the_rest_client_turns_every_bad_answer_into_a_sentence(tmp_path, answer
 def test_the_rest_client_names_a_refused_connection(tmp_path):
     with refused_port() as port:
         with pytest.raises(CloudUnreachable, match=rf"^cannot reach http://127\.0\.0\.1:{port}: connection refused$"):
-            find_device(C8y(agent_config(tmp_path, f"http://127.0.0.1:{port}")))
+            find_device(C8y(cloud_access(tmp_path, f"http://127.0.0.1:{port}")))
