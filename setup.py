@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cra-agent = cra.cli:main",
+            "cra-connect = cra.connect:main",
             "cra-cloud = cra.cloud.cli:main",
         ],
     },

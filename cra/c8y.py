@@ -39,7 +39,7 @@ class C8y:
         self._timeout = access.request_timeout
         self._session = session_for(access)
 
-    def _call(self, method, path, media=None, body=None, params=None):
+    def _call(self, method, path, media=None, body=None, params=None, shape=dict):
         headers = {"Accept": MEDIA.format(media) if media else "application/json"}
         if body is not None:
             headers["Content-Type"] = MEDIA.format(media) if media else "application/json"
@@ -56,8 +56,8 @@ class C8y:
             answer = response.json()
         except ValueError:
             answer = None
-        if not isinstance(answer, dict):
-            raise CloudUnreachable(f"{method} {path}: the answer is not a JSON object "
+        if not isinstance(answer, shape):
+            raise CloudUnreachable(f"{method} {path}: the answer is not a JSON {'object' if shape is dict else 'array'} "
                                    f"(HTTP {response.status_code}, {len(response.content)} bytes)")
         return answer
 
@@ -91,6 +91,13 @@ class C8y:
         if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
             raise CloudUnreachable("the operation list has no list of operations in it")
         return operations
+
+    def configurations(self, device_id):
+        """The device's remote access configurations (WIRE.md section 5)."""
+        configs = self._call("GET", f"/service/remoteaccess/devices/{device_id}/configurations", shape=list)
+        if not all(isinstance(c, dict) and "id" in c for c in configs):
+            raise CloudUnreachable("the configuration list holds something that is not a configuration")
+        return configs
 
     def set_status(self, operation_id, status, failure_reason=None):
         body = {"status": status}

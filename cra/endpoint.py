@@ -6,6 +6,7 @@
     close()           releases the descriptor; called once both pumps are done
     name              what log lines and failure reasons call it
 """
+import os
 import select
 import socket
 
@@ -55,3 +56,42 @@ def open_tcp(hostname, port, timeout, name):
     except OSError as exc:
         raise EndpointError(f"cannot connect to {name}: {(exc.strerror or str(exc)).lower()}") from None
     return TcpEndpoint(sock, name)
+
+
+class StdioEndpoint:
+    """Standard input and output, for `ssh -o ProxyCommand='cra-connect --stdio ...'`.
+
+    A pipe of its own lets interrupt() wake a read that waits on standard input.
+    """
+
+    name = "standard input/output"
+
+    def __init__(self, infd=0, outfd=1):
+        self._in, self._out = infd, outfd
+        self._wake_read, self._wake_write = os.pipe()
+        self._poll = select.poll()
+        self._poll.register(infd, select.POLLIN)
+        self._poll.register(self._wake_read, select.POLLIN)
+
+    def read(self, size, idle):
+        events = self._poll.poll(idle * 1000)
+        if not events:
+            raise TimeoutError
+        if any(fd == self._wake_read for fd, _ in events):
+            return b""
+        return os.read(self._in, size)
+
+    def write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._out, view):]
+
+    def interrupt(self):
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+
+    def close(self):
+        os.close(self._wake_read)
+        os.close(self._wake_write)

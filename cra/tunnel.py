@@ -27,6 +27,7 @@ class Tunnel:
         self.endpoint, self.ws, self.name = endpoint, ws, name
         self.sent = self.received = 0
         self.reason = None
+        self.cloud_close = None  # (code, text) of the cloud's close frame, when it closed the tunnel
         self._ping_interval = ping_interval
         self._close_code = None
         self._lock = threading.Lock()
@@ -125,8 +126,10 @@ class Tunnel:
                     self._writing = False
                 self.received += len(frame.data)
             elif opcode == ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else "no code"
-                return self._end(f"the cloud closed the tunnel ({code})", None)
+                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                text = frame.data[2:].decode("utf-8", "replace")
+                self.cloud_close = (code, text)
+                return self._end(f"the cloud closed the tunnel ({code or 'no code'}{': ' + text if text else ''})", None)
 
 
 def _shutdown(sock):
