@@ -5,7 +5,7 @@ PORT ?= 8111
 # What Debian bookworm / Raspberry Pi OS ship: the agent must run on these as on the newest.
 OLDEST_PINS := websocket-client==1.2.3 requests==2.28.1 pyserial==3.5
 
-.PHONY: run test clean
+.PHONY: run test ssh-tools clean
 
 # $(call venv,DIR,EXTRA PIP ARGUMENTS)
 define venv
@@ -23,11 +23,17 @@ endef
 .venv-oldest/.installed: setup.py
 	$(call venv,.venv-oldest,$(OLDEST_PINS))
 
+# cra-cloud, the agent, a web page and (when installed) sshd behind it, cra-connect in front; Ctrl-C stops all.
 run: .venv/.installed
-	.venv/bin/cra-cloud --port $(PORT) --seed etc/cra-cloud-seed.json
+	.venv/bin/python -m cra.cloud.demo --port $(PORT)
+
+# The SSH tests run a real sshd and ssh/scp.
+ssh-tools:
+	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v scp >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client; }
 
 # The whole suite on the newest releases, then the agent's tests again on the oldest supported ones.
-test: .venv/.installed .venv-oldest/.installed
+test: .venv/.installed .venv-oldest/.installed ssh-tools
 	.venv/bin/python -m pytest
 	.venv-oldest/bin/python -m pytest tests/test_agent_*.py
 

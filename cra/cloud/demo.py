@@ -1,0 +1,213 @@
+"""`make run`: the whole system on one machine, with no tenant.
+
+cra-cloud with a seed, the agent for device gw-001, the services behind the "gateway" (a small
+web page, and a real OpenSSH server when one is installed), and cra-connect in front of each,
+then a few lines on what runs where and what to type. Ctrl-C stops everything it started.
+"""
+import argparse
+import getpass
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SSHD = "/usr/sbin/sshd"
+BIN = os.path.dirname(sys.executable)
+ADMIN = {"user": "admin", "password": "admin-pw"}
+DEVICE = {"user": "device_gw-001", "password": "dev-pw"}
+PAGE = b"<!doctype html><title>cra demo</title><h1>Hello from behind the gateway</h1>\n"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port, proc, what, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {timeout} s")
+
+
+class LocalSshd:
+    """A real OpenSSH server, run as the current user on 127.0.0.1 with host and user keys of its own."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, "sshd")
+        self.user = getpass.getuser()
+        self.key = os.path.join(self.dir, "user_ed25519")
+        self.port = None
+        self.proc = None
+
+    @staticmethod
+    def available():
+        return os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        host_key = os.path.join(self.dir, "host_ed25519")
+        for key in (host_key, self.key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        shutil.copy(self.key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        self.port = free_port()
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as handle:
+            handle.write(f"""ListenAddress 127.0.0.1:{self.port}
+HostKey {host_key}
+PidFile {self.dir}/sshd.pid
+AuthorizedKeysFile {self.dir}/authorized_keys
+AllowUsers {self.user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        with open(os.path.join(self.dir, "sshd.log"), "ab") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log)
+        wait_for_port(self.port, self.proc, "sshd")
+        return self
+
+    def client_options(self):
+        """ssh/scp options that log in with the demo's key and trust the demo's throwaway host key."""
+        return ["-F", "/dev/null", "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class WebPage:
+    """The smallest service worth reaching: one page on 127.0.0.1."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(PAGE)))
+                self.end_headers()
+                self.wfile.write(PAGE)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def seed(configurations):
+    return {"tenant": "t100",
+            "users": [{**ADMIN, "roles": ["ROLE_REMOTE_ACCESS_ADMIN"]}, {**DEVICE, "device": "gw-001"}],
+            "bootstrap": {"user": "devicebootstrap", "password": "boot-pw"},
+            "devices": [{"externalId": "gw-001", "name": "gw-001", "configurations": configurations}]}
+
+
+def start(command, workdir, name, env=None):
+    """A program of the system, its output in workdir/NAME.log; the first line of its stdout, when it prints one."""
+    log = open(os.path.join(workdir, f"{name}.log"), "ab")
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **(env or {})}, text=True)
+
+
+def first_line(proc, what, pattern):
+    line = proc.stdout.readline()
+    match = re.search(pattern, line)
+    if not match:
+        raise RuntimeError(f"{what} did not start: {line.strip() or 'no output'} (see its log)")
+    return match.group(1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="cra-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8111, help="cra-cloud's port (default: %(default)s)")
+    args = parser.parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="cra-demo-")
+    web, sshd, procs = WebPage(), None, []
+    configurations = [{"name": "web", "hostname": "127.0.0.1", "port": web.port, "protocol": "PASSTHROUGH"}]
+    if LocalSshd.available():
+        sshd = LocalSshd(workdir).start()
+        configurations.append({"name": "ssh", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "SSH"})
+    seed_path = os.path.join(workdir, "seed.json")
+    with open(seed_path, "w") as handle:
+        json.dump(seed(configurations), handle)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        cloud = start([sys.executable, "-m", "cra.cloud", "--port", str(args.port), "--seed", seed_path], workdir, "cloud")
+        procs.append(cloud)
+        url = first_line(cloud, "cra-cloud", r"listening on (\S+)")
+        agent_conf = os.path.join(workdir, "agent.conf")
+        with open(agent_conf, "w") as handle:
+            handle.write(f"[c8y]\nurl = {url}\ntenant = t100\nuser = {DEVICE['user']}\nexternal_id = gw-001\n"
+                         f"[agent]\npoll_interval = 1\n")
+        procs.append(start([os.path.join(BIN, "cra-agent"), "-c", agent_conf], workdir, "agent",
+                           {"CRA_C8Y_PASSWORD": DEVICE["password"]}))
+        user_env = {"C8Y_HOST": url, "C8Y_TENANT": "t100", "C8Y_USER": ADMIN["user"], "C8Y_PASSWORD": ADMIN["password"]}
+        ports = {}
+        for config in configurations:
+            connect = start([os.path.join(BIN, "cra-connect"), "--device", "gw-001", "--config", config["name"], "--port", "0"],
+                            workdir, f"connect-{config['name']}", user_env)
+            procs.append(connect)
+            ports[config["name"]] = first_line(connect, "cra-connect", r"listening on 127\.0\.0\.1:(\d+)")
+        print(f"""
+cra-cloud    {url}  tenant t100, user admin / admin-pw (device gw-001: device_gw-001 / dev-pw)
+cra-agent    device gw-001, polling every second
+web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['web']}:
+               curl http://127.0.0.1:{ports['web']}/""")
+        if sshd:
+            print(f"""sshd         127.0.0.1:{sshd.port}, reached through cra-connect on port {ports['ssh']}:
+               ssh -p {ports['ssh']} {' '.join(sshd.client_options())} {sshd.user}@127.0.0.1
+             or without a listener:
+               ssh {' '.join(sshd.client_options())} -o ProxyCommand='C8Y_HOST={url} C8Y_TENANT=t100 C8Y_USER=admin C8Y_PASSWORD=admin-pw {BIN}/cra-connect --stdio --device gw-001 --config ssh' {sshd.user}@gw-001""")
+        else:
+            print("sshd         not installed (apt-get install openssh-server), so no SSH demo")
+        print(f"logs         {workdir}\nCtrl-C stops everything.", flush=True)
+        stop.wait()
+    except RuntimeError as exc:
+        print(f"cra-demo: {exc}; logs in {workdir}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if sshd:
+            sshd.stop()
+        web.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
