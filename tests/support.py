@@ -48,7 +48,28 @@ def basic(auth):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class Cloud:
+class _Program:
+    """A program the tests run: its output in log_path, stopped by a signal."""
+
+    proc = None
+    log_path = None
+
+    def stop(self, signum=signal.SIGTERM, timeout=15):
+        """The exit code after the signal; killed (and the test told so by -9) past `timeout`."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cloud(_Program):
     """One cra-cloud process: started on a free port, its stderr kept in a file for assertions."""
 
     def __init__(self, workdir, seed=SEED, args=(), db=None, env=None, port=0):
@@ -78,22 +99,9 @@ class Cloud:
         self.url = match.group(0)
         return self
 
-    def stop(self, signum=signal.SIGTERM, timeout=15):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
     def restart(self):
         self.stop()
         return self.start()
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     @property
     def ws_url(self):
@@ -152,7 +160,7 @@ class Cloud:
 AGENT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cra_agent.py")
 
 
-class AgentProcess:
+class AgentProcess(_Program):
     """The real agent, `python3 cra_agent.py -c FILE`, against a Cloud; its stderr kept for assertions.
 
     `options` become INI lines ({"c8y": {...}, "agent": {...}}) over a working default for gw-001.
@@ -178,20 +186,6 @@ class AgentProcess:
             self.proc = subprocess.Popen([sys.executable, AGENT_SCRIPT, "-c", str(self.config_path)],
                                          stdout=log, stderr=log, env=self.env)
         return self
-
-    def stop(self, signum=signal.SIGTERM, timeout=15):
-        """The exit code after the signal; killed (and the test told so by -9) past `timeout`."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, pattern, timeout=20):
         """The first log line matching `pattern`, waiting for it (bounded)."""

@@ -186,7 +186,7 @@ def test_version_and_help():
 
 
 def test_sigterm_stops_it_with_exit_code_0(cloud):
-    assert cloud.stop() == 0
+    assert cloud.stop() == 0, cloud.log()
 
 
 def test_a_configuration_switched_to_no_credentials_forgets_its_secret(cloud):
