@@ -53,7 +53,7 @@ def parse_args(argv):
     parser.add_argument("--device", required=True, help="managed object id, or external id (c8y_Serial)")
     parser.add_argument("--config", help="configuration name or id; default: the device's only PASSTHROUGH one")
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--port", type=int, help="listen on this local port (0: any free one, printed)")
+    mode.add_argument("--port", type=_port, help="listen on this local port (0: any free one, printed)")
     mode.add_argument("--stdio", action="store_true", help="carry one session over stdin/stdout (ssh ProxyCommand)")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on with --port (default: %(default)s)")
     parser.add_argument("--url", help="the tenant's URL, e.g. https://t100.cumulocity.com (or C8Y_HOST)")
@@ -65,6 +65,12 @@ def parse_args(argv):
     parser.add_argument("-v", "--verbose", action="store_true", help="log each connection and debug detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
+
+
+def _port(text):
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
+    return int(text)
 
 
 def cloud_access(args, environ):
@@ -167,15 +173,30 @@ class Connector:
 
 
 def device_absent(tunnel):
-    """The Failure when the device never joined: the cloud closed with 1011 before a byte came back."""
+    """The Failure when the device gave no tunnel: the cloud closed with 1011 before a byte came back,
+    either because the agent never came (the platform's timeout) or because it could not reach the target."""
     if tunnel.cloud_close and tunnel.cloud_close[0] == 1011 and tunnel.received == 0:
-        return Failure(EXIT_DEVICE_ABSENT, f"the device did not connect: {tunnel.cloud_close[1] or 'no reason given'}")
+        return Failure(EXIT_DEVICE_ABSENT, f"the device did not connect the tunnel: {tunnel.cloud_close[1] or 'no reason given'}")
     return None
 
 
+def stop_on_signals(connector):
+    """SIGTERM/SIGINT stop the connector from a thread of its own: a handler runs on the main thread,
+    which may hold the very locks connector.stop() takes. Returns the Event the signals set."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+
+    def stop_when_told():
+        stopping.wait()
+        connector.stop()
+
+    threading.Thread(target=stop_when_told, name="stop", daemon=True).start()
+    return stopping
+
+
 def serve_stdio(connector):
-    signal.signal(signal.SIGTERM, lambda *_: connector.stop())
-    signal.signal(signal.SIGINT, lambda *_: connector.stop())
+    stop_on_signals(connector)
     tunnel = connector.carry(StdioEndpoint(), "stdio")
     failure = device_absent(tunnel)
     if failure:
@@ -190,9 +211,7 @@ def serve_port(connector, bind, port, describe):
     except OSError as exc:
         raise Failure(EXIT_ERROR, f"cannot listen on {bind}:{port}: {exc.strerror}") from None
     server.settimeout(0.5)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = stop_on_signals(connector)
     print(f"cra-connect: listening on {bind}:{server.getsockname()[1]} for {describe}", flush=True)
     sessions = []
     with server:
@@ -204,7 +223,6 @@ def serve_port(connector, bind, port, describe):
             thread = threading.Thread(target=_serve_one, args=(connector, conn, peer), daemon=True)
             sessions = [t for t in sessions if t.is_alive()] + [thread]
             thread.start()
-    connector.stop()
     deadline = time.monotonic() + STOP_WAIT
     for thread in sessions:
         thread.join(max(0, deadline - time.monotonic()))
@@ -242,3 +260,5 @@ def main(argv=None):
     except Failure as exc:
         print(f"cra-connect: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C before a tunnel was up: nothing to close
+        return 130
