@@ -3,6 +3,8 @@
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
 """
+from urllib.parse import urlsplit
+
 import requests
 
 from cra import __version__
@@ -21,23 +23,26 @@ class CloudError(Exception):
         self.status = status
 
 
-def session_for(access):
-    """A requests session that authenticates, verifies TLS and uses the proxy as configured."""
-    session = requests.Session()
-    session.headers["Authorization"] = access.authorization
-    session.headers["User-Agent"] = f"cra-agent/{__version__}"
-    if access.ca_file:
-        session.verify = access.ca_file
+def proxy_url(access):
+    """The one proxy both legs use: [c8y] proxy, else what https_proxy, http_proxy and no_proxy say
+    for the tenant's URL, else none. Decided here once, so REST and tunnels never disagree."""
     if access.proxy:
-        session.proxies = {"http": access.proxy, "https": access.proxy}
-    return session
+        return access.proxy
+    return requests.utils.get_environ_proxies(access.url).get(urlsplit(access.url).scheme, "")
 
 
 class C8y:
     def __init__(self, access):
         self._base = access.url
-        self._timeout = access.request_timeout
-        self._session = session_for(access)
+        self._session = requests.Session()
+        self._session.headers["Authorization"] = access.authorization
+        self._session.headers["User-Agent"] = f"cra-agent/{__version__}"
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE and *_proxy override a session's own.
+        self._options = {"timeout": access.request_timeout}
+        if access.ca_file:
+            self._options["verify"] = access.ca_file
+        if access.proxy:
+            self._options["proxies"] = {"http": access.proxy, "https": access.proxy}
 
     def _call(self, method, path, media=None, body=None, params=None, shape=dict):
         headers = {"Accept": MEDIA.format(media) if media else "application/json"}
@@ -45,7 +50,7 @@ class C8y:
             headers["Content-Type"] = MEDIA.format(media) if media else "application/json"
         try:
             response = self._session.request(method, self._base + path, json=body, params=params,
-                                             headers=headers, timeout=self._timeout)
+                                             headers=headers, **self._options)
         except requests.RequestException as exc:
             raise CloudUnreachable(f"cannot reach {self._base}: {_reason(exc)}") from None
         if response.status_code >= 400:

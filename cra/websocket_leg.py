@@ -1,8 +1,7 @@
 """Opening a remote access WebSocket (WIRE.md section 4) and saying, in words, why one would not open.
 
 The agent opens the device end; cra-connect opens the client end. Both offer `binary`, send the
-Authorization of section 1, verify TLS, and go through the configured proxy (or the
-environment's: websocket-client honours https_proxy, http_proxy and no_proxy by itself).
+Authorization of section 1, verify TLS, and go through the proxy REST uses (c8y.proxy_url).
 """
 import socket
 import ssl
@@ -10,8 +9,12 @@ from urllib.parse import urlsplit
 
 import websocket
 
+from cra.c8y import proxy_url
 from cra.operation import masked
 
+# A proxy is used for every host: websocket-client, given no exceptions, falls back to its own
+# (localhost, 127.0.0.1), so it is given one that names no host.
+NO_EXCEPTIONS = ["no-proxy-exceptions.invalid"]
 DEVICE_REFUSALS = {
     401: "check the device credentials ([c8y] user/password or token)",
     403: "the device user may not open remote access tunnels",
@@ -39,11 +42,15 @@ def open_websocket(access, path, timeout, refusals, shown=None):
                "timeout": timeout, "enable_multithread": True, "skip_utf8_validation": True}
     if access.ca_file:
         options["sslopt"] = {"ca_certs": access.ca_file}
-    if access.proxy:
-        proxy = urlsplit(access.proxy)
-        options.update(http_proxy_host=proxy.hostname, http_proxy_port=proxy.port or 80, proxy_type="http")
-        if proxy.username:
-            options["http_proxy_auth"] = (proxy.username, proxy.password or "")
+    proxy = proxy_url(access)
+    if proxy:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        options.update(http_proxy_host=parts.hostname, http_proxy_port=parts.port or 80, proxy_type="http",
+                       http_no_proxy=NO_EXCEPTIONS)
+        if parts.username:
+            options["http_proxy_auth"] = (parts.username, parts.password or "")
+    else:
+        options["http_no_proxy"] = ["*"]  # no proxy for this URL: not one websocket-client finds by itself either
     try:
         ws = websocket.create_connection(access.websocket_url + path, **options)
     except websocket.WebSocketBadStatusException as exc:

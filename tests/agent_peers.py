@@ -1,15 +1,18 @@
 """What the agent's end-to-end tests put around the real agent and the real cloud.
 
 The targets a tunnel reaches (an echo server, a refused port, a port whose handshake never
-completes), a stand-in for a platform that answers garbage, an uplink that can be cut, and the
-steps a user or an administrator takes on the cloud. Everything listens on and connects to
-127.0.0.1 only; every thread started here is joined, with a timeout, when its owner closes.
+completes), a stand-in for a platform that answers garbage, an uplink that can be cut, the TLS
+front and the HTTP proxy a gateway may reach its platform through, and the steps a user or an
+administrator takes on the cloud. Everything listens on and connects to 127.0.0.1 only; every
+thread started here is joined, with a timeout, when its owner closes.
 """
 import contextlib
 import http.server
 import json
 import re
+import select
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -36,6 +39,19 @@ def _shutdown(sock):
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _pipe(source, target):
+    """Copy source to target until source ends or fails, then end target both ways."""
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            target.sendall(data)
+    except OSError:
+        pass
+    _shutdown(target)
 
 
 def _join(threads):
@@ -83,6 +99,21 @@ class _Acceptor:
             self.track(conn)
             self._start(self._serve, "conn", conn)
 
+    def connect_upstream(self, port):
+        """A tracked connection to 127.0.0.1:port, blocking once open; None when it cannot be made."""
+        try:
+            upstream = socket.create_connection((LOCALHOST, port), timeout=JOIN_TIMEOUT)
+        except OSError:
+            return None
+        upstream.settimeout(None)
+        self.track(upstream)
+        return upstream
+
+    def splice(self, conn, upstream):
+        """Copy bytes both ways between conn and upstream (one of the two on a thread of its own)."""
+        self._start(_pipe, "down", upstream, conn)
+        _pipe(conn, upstream)
+
     def close(self):
         self._stop.set()
         self._listener.close()
@@ -129,32 +160,129 @@ class CuttableLink(_Acceptor):
         self.url = f"http://{LOCALHOST}:{self.port}"
 
     def _forward(self, conn):
-        try:
-            upstream = socket.create_connection((LOCALHOST, self._target), timeout=JOIN_TIMEOUT)
-        except OSError:
+        upstream = self.connect_upstream(self._target)
+        if upstream is None:
             return _shutdown(conn)
-        upstream.settimeout(None)
-        self.track(upstream)
-        self._start(self._pipe, "down", upstream, conn)
-        self._pipe(conn, upstream)
-
-    @staticmethod
-    def _pipe(source, target):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                target.sendall(data)
-        except OSError:
-            pass
-        _shutdown(target)
+        self.splice(conn, upstream)
 
     def cut(self):
         self.close()
 
     def restore(self):
         _Acceptor.__init__(self, self._forward, self.port)
+
+
+class TlsTerminator(_Acceptor):
+    """The platform's HTTPS in front of a plain cra-cloud: TLS is ended here with a server-side
+    ssl.SSLContext and the bytes go on to the cloud's port, so the agent's REST calls and its
+    WebSocket (wss://) meet a real certificate while the cloud and its users stay on plain HTTP."""
+
+    def __init__(self, cloud_url, context):
+        self._target = urlsplit(cloud_url).port
+        self._context = context
+        super().__init__(self._terminate)
+        self.url = f"https://{LOCALHOST}:{self.port}"
+
+    def _terminate(self, conn):
+        tls = self._context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        self.track(tls)  # conn itself is detached now: tls owns the descriptor
+        try:
+            tls.settimeout(JOIN_TIMEOUT)
+            tls.do_handshake()  # fails when the agent does not trust the certificate
+        except OSError:
+            return _shutdown(tls)
+        tls.settimeout(None)
+        upstream = self.connect_upstream(self._target)
+        if upstream is None:
+            return _shutdown(tls)
+        _pump(tls, upstream)
+
+
+def _pump(one, other):
+    """Copy bytes both ways on this one thread until either side ends: an SSLSocket must not be
+    read on one thread while another writes it, as two _pipe threads would."""
+    peer = {one: other, other: one}
+    try:
+        while True:
+            readable, _, _ = select.select(list(peer), [], [])
+            for source in readable:
+                data = source.recv(65536)
+                while isinstance(source, ssl.SSLSocket) and source.pending():
+                    data += source.recv(65536)
+                if not data:
+                    return
+                peer[source].sendall(data)
+    except (OSError, ValueError):  # ValueError: select() on a socket closed by close()
+        pass
+    finally:
+        _shutdown(one)
+        _shutdown(other)
+
+
+class HttpProxy(_Acceptor):
+    """A gateway's HTTP proxy, reaching 127.0.0.1 only. It serves CONNECT (how websocket-client
+    goes through a proxy, for ws:// as well) and absolute-form requests (how requests sends
+    http:// URLs to a proxy), one request per connection, and records each request line in
+    `handled` as (method, target): a test tells from it which of the agent's ways to the cloud
+    went through. With refuse_connect it answers CONNECT 403, as a proxy whose policy forbids tunnels.
+    """
+
+    def __init__(self, refuse_connect=False):
+        self.refuse_connect = refuse_connect
+        self.handled = []
+        super().__init__(self._proxy)
+        self.url = f"http://{LOCALHOST}:{self.port}"
+
+    def _proxy(self, conn):
+        try:
+            conn.settimeout(JOIN_TIMEOUT)
+            head = _read_head(conn)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            host, port, forward = self._route(method, target, head)
+            self.handled.append((method, target))
+            if host != LOCALHOST or (method == "CONNECT" and self.refuse_connect):
+                return self._answer(conn, b"403 Forbidden")
+            upstream = self.connect_upstream(port)
+            if upstream is None:
+                return self._answer(conn, b"502 Bad Gateway")
+            if method == "CONNECT":
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            upstream.sendall(forward)
+            conn.settimeout(None)
+        except (OSError, ValueError):
+            return _shutdown(conn)
+        self.splice(conn, upstream)
+
+    @staticmethod
+    def _answer(conn, status):
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        _shutdown(conn)
+
+    @staticmethod
+    def _route(method, target, head):
+        """(host, port, what to send upstream first) for a CONNECT or an absolute-form request."""
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            return host, int(port), b""
+        url = urlsplit(target)
+        origin_form = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        headers = [line for line in head.split(b"\r\n")[1:]
+                   if line and not line.lower().startswith((b"connection:", b"proxy-connection:"))]
+        # Connection: close makes the cloud end the connection after its answer, so that the
+        # client's next request comes on a new connection and is seen (and recorded) here.
+        forward = b"\r\n".join([f"{method} {origin_form} HTTP/1.1".encode(), *headers, b"Connection: close", b"", b""])
+        return url.hostname, url.port or 80, forward
+
+
+def _read_head(sock, limit=64 << 10):
+    """An HTTP request head through its blank line, a byte at a time so that none of the body is taken."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte or len(head) >= limit:
+            raise ValueError("no complete HTTP head")
+        head += byte
+    return head
 
 
 @contextlib.contextmanager
@@ -272,9 +400,9 @@ def cloud_access(tmp_path, url, **c8y):
 # The cloud, as its users and administrators use it.
 
 
-def add_configuration(cloud, device_id, hostname, port):
-    """A remote access configuration a user can connect to; its id."""
-    body = {"name": f"target-{uuid.uuid4().hex[:8]}", "hostname": hostname, "port": port}
+def add_configuration(cloud, device_id, hostname, port, **fields):
+    """A remote access configuration a user can connect to (PASSTHROUGH unless `fields` say otherwise); its id."""
+    body = {"name": f"target-{uuid.uuid4().hex[:8]}", "hostname": hostname, "port": port, **fields}
     answer = cloud.api(ADMIN).post(f"/service/remoteaccess/devices/{device_id}/configurations", json=body)
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
