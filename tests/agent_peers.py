@@ -65,8 +65,9 @@ def _join(threads):
 class _Acceptor:
     """A listening socket and the thread that hands each connection to `serve`, until close()."""
 
-    def __init__(self, serve, port=0):
-        self._listener = socket.create_server((LOCALHOST, port))
+    def __init__(self, serve, port=0, address=LOCALHOST):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._listener = socket.create_server((address, port), family=family)
         self._listener.settimeout(ACCEPT_POLL)
         self.port = self._listener.getsockname()[1]
         self._serve = serve
@@ -135,8 +136,8 @@ class _Acceptor:
 class EchoServer(_Acceptor):
     """A local service that sends back every byte, on as many connections as tunnels reach it."""
 
-    def __init__(self):
-        super().__init__(self._echo)
+    def __init__(self, address=LOCALHOST):
+        super().__init__(self._echo, address=address)
 
     @staticmethod
     def _echo(conn):

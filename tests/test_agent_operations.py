@@ -168,15 +168,21 @@ def test_a_malformed_operation_fails_with_a_reason_naming_the_problem(shared, fi
     assert agent.proc.poll() is None
 
 
-def test_a_numeric_string_port_is_accepted(shared, users):
-    """One table of the platform's documentation gives port as a string: "22" must work like 22."""
+@pytest.mark.parametrize("hostname, listen_on, port_type", [
+    ("127.0.0.1", "127.0.0.1", str),
+    ("::1", "::1", int),
+    ("localhost", "127.0.0.1", int),
+], ids=["port as a string", "IPv6 address", "host name"])
+def test_a_target_by_address_or_name_and_a_port_as_number_or_string(shared, users, hostname, listen_on, port_type):
+    """One table of the platform's documentation gives port as a string: "22" must work like 22.
+    Targets are IPv4 or IPv6 addresses or names (localhost: resolved from /etc/hosts, no DNS query)."""
     cloud, _ = shared
     user = users.waiting_key(cloud)
-    with EchoServer() as echo:
+    with EchoServer(listen_on) as echo:
         op_id = create_operation(cloud, cloud.device_id(), {
-            "hostname": "127.0.0.1", "port": str(echo.port), "connectionKey": user.connection_key})
+            "hostname": hostname, "port": port_type(echo.port), "connectionKey": user.connection_key})
         assert wait_for_status(cloud, op_id)["status"] == "SUCCESSFUL"
-        assert user.echo(b"port as a string") == b"port as a string"
+        assert user.echo(b"reached") == b"reached"
 
 
 def test_the_agent_serves_a_good_operation_after_malformed_ones(shared, users):

@@ -37,6 +37,17 @@ def assert_tunnel_works(cloud, users):
         assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
 
 
+def test_an_agent_with_a_bearer_token_registers_and_carries_tunnels(cloud, make_agent, users):
+    """Devices with certificates get a token instead of a password (WIRE.md section 1): REST and
+    the tunnel's upgrade must both carry it."""
+    token = cloud.api(None).post("/tenant/oauth/token", data={
+        "grant_type": "PASSWORD", "username": DEVICE[0], "password": DEVICE[1]}).json()["access_token"]
+    agent = make_agent(cloud, options={"c8y": {"tenant": None, "user": None, "password": None, "token": token}})
+    agent.wait_for_log("device gw-001 is managed object")
+    assert_tunnel_works(cloud, users)
+    assert token not in agent.log() and token[-16:] not in agent.log()
+
+
 # The device leg's refusals, as the agent's WebSocket code reports them.
 
 
