@@ -150,7 +150,7 @@ class Agent:
         with self._lock:
             full = len(self._tunnels) >= self.config.max_tunnels
             if not full:
-                self._tunnels[op_id] = None
+                self._tunnels[op_id] = None  # the slot is taken while the legs open
         if full:
             reason = f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)"
             self._tell_user(request, reason)
