@@ -1,4 +1,4 @@
-"""The platform's REST API, as much of it as the agent uses (WIRE.md sections 1-3), over one session.
+"""The platform's REST API, as much as the agent and cra-connect use (WIRE.md sections 1-3, 5), over one session.
 
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
@@ -56,7 +56,7 @@ class C8y:
         if response.status_code >= 400:
             raise CloudError(response.status_code, f"{method} {path} refused: {_error_message(response)}")
         if not response.content:
-            return {}
+            return shape()
         try:
             answer = response.json()
         except ValueError:

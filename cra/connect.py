@@ -169,7 +169,6 @@ class Connector:
             tunnels = list(self._tunnels)
         for tunnel in tunnels:
             tunnel.stop(1001, "cra-connect is stopping")
-        return tunnels
 
 
 def device_absent(tunnel):
