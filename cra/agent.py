@@ -10,7 +10,7 @@ import threading
 import time
 
 from cra.c8y import C8y, CloudError, CloudUnreachable
-from cra.endpoint import EndpointError, open_tcp
+from cra.endpoint import EndpointError, SerialPorts, open_tcp
 from cra.operation import InvalidOperation, masked, parse
 from cra.tunnel import Tunnel
 from cra.websocket_leg import WebSocketLegError, open_device_websocket
@@ -26,6 +26,7 @@ class Agent:
     def __init__(self, config):
         self.config = config
         self.c8y = C8y(config.cloud)
+        self._serial_ports = SerialPorts(config.serial_ports)
         self.device_id = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -169,18 +170,22 @@ class Agent:
         except (CloudError, CloudUnreachable) as exc:
             log.warning("operation %s: the tunnel is up, but its status could not be set SUCCESSFUL: %s", op_id, exc)
         started = time.monotonic()
-        log.info("tunnel %s open: %s <-> cloud (key %s)", op_id, request.target, masked(request.connection_key))
+        log.info("tunnel %s open: %s <-> cloud (key %s)", op_id, endpoint.name, masked(request.connection_key))
         reason = tunnel.run()
         log.info("tunnel %s closed: %s, %d bytes to the cloud, %d bytes from the cloud, %.1f s: %s",
-                 op_id, request.target, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
+                 op_id, endpoint.name, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
 
     def _open_legs(self, request):
         """Both legs at once, each with its own timeout: (endpoint, websocket, reasons either failed)."""
         legs, reasons = {}, []
+        serial_port = self._serial_ports.mapped(request.hostname, request.port)
 
         def open_endpoint():
             try:
-                legs["endpoint"] = open_tcp(request.hostname, request.port, self.config.connect_timeout, request.target)
+                if serial_port:
+                    legs["endpoint"] = self._serial_ports.open(serial_port)
+                else:
+                    legs["endpoint"] = open_tcp(request.hostname, request.port, self.config.connect_timeout, request.target)
             except EndpointError as exc:
                 reasons.append(str(exc))
 

@@ -43,6 +43,20 @@ class CloudAccess:
 
 
 @dataclass(frozen=True)
+class SerialPort:
+    """A [serial:NAME] section: operations for `target` (host, port) go to this serial port."""
+    name: str
+    target: tuple
+    url: str
+    baudrate: int
+    bytesize: int
+    parity: str
+    stopbits: float
+    flow: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class Config:
     cloud: CloudAccess
     external_id: str
@@ -53,6 +67,7 @@ class Config:
     connect_timeout: float
     max_tunnels: int
     ping_interval: float
+    serial_ports: tuple = ()
 
 
 # (section, option): (type, default); a default of None marks a required option.
@@ -76,6 +91,20 @@ OPTIONS = {
 }
 
 
+SERIAL_SECTION = "serial:"
+# The options of a [serial:NAME] section; a tuple of words is the choices.
+SERIAL_OPTIONS = {
+    "target": ("target", None),
+    "url": (str, None),
+    "baudrate": (int, 115200),
+    "bytesize": (("5", "6", "7", "8"), "8"),
+    "parity": (("N", "E", "O", "M", "S"), "N"),
+    "stopbits": (("1", "1.5", "2"), "1"),
+    "flow": (("none", "rtscts", "xonxoff"), "none"),
+    "mode": (("raw", "telnet"), "raw"),
+}
+
+
 def env_name(section, option):
     return f"CRA_{section.upper()}_{option.upper()}"
 
@@ -91,31 +120,63 @@ def load(path, environ=os.environ):
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid INI file: {exc}") from None
     for section in parser.sections():
+        serial = section.startswith(SERIAL_SECTION)
         for option in parser.options(section):
-            if (section, option) not in OPTIONS:
-                known = ", ".join(o for s, o in OPTIONS if s == section) or "none: known sections are [c8y] and [agent]"
+            if (option not in SERIAL_OPTIONS) if serial else ((section, option) not in OPTIONS):
+                known = ", ".join(SERIAL_OPTIONS if serial else (o for s, o in OPTIONS if s == section)) \
+                    or "none: known sections are [c8y], [agent] and [serial:NAME]"
                 raise ConfigError(f"{path}: [{section}] {option}: unknown option (known: {known})")
-    values = {}
-    for (section, option), (kind, default) in OPTIONS.items():
-        where = f"{path}: [{section}] {option}"
-        raw = environ.get(env_name(section, option))
-        if raw is not None:
-            where = f"environment {env_name(section, option)}"
-        elif parser.has_option(section, option):
-            raw = parser.get(section, option)
-        if raw is None or raw.strip() == "":
-            if default is None:
-                raise ConfigError(f"{where}: required, and not set")
-            values[option] = default
-        else:
-            values[option] = _convert(kind, raw.strip(), where)
+    values = {option: _value(parser, path, section, option, kind, default, environ)
+              for (section, option), (kind, default) in OPTIONS.items()}
     cloud = CloudAccess(**{f.name: values.pop(f.name) for f in fields(CloudAccess)})
-    return Config(cloud=_checked(cloud, path), **values)
+    return Config(cloud=_checked(cloud, path), serial_ports=_serial_ports(parser, path), **values)
+
+
+def _value(parser, path, section, option, kind, default, environ=None):
+    """One option's value: from the environment when set there, else the file, else its default."""
+    where = f"{path}: [{section}] {option}"
+    raw = (environ or {}).get(env_name(section, option))
+    if raw is not None:
+        where = f"environment {env_name(section, option)}"
+    elif parser.has_option(section, option):
+        raw = parser.get(section, option)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ConfigError(f"{where}: required, and not set")
+        return default
+    return _convert(kind, raw.strip(), where)
+
+
+def _serial_ports(parser, path):
+    ports, targets = [], {}
+    for section in parser.sections():
+        if not section.startswith(SERIAL_SECTION):
+            continue
+        name = section[len(SERIAL_SECTION):]
+        values = {option: _value(parser, path, section, option, kind, default)
+                  for option, (kind, default) in SERIAL_OPTIONS.items()}
+        if values["target"] in targets:
+            raise ConfigError(f"{path}: [{section}] target: {values['target'][0]}:{values['target'][1]} "
+                              f"is already the target of [{targets[values['target']]}]")
+        targets[values["target"]] = section
+        ports.append(SerialPort(name=name, **{**values, "bytesize": int(values["bytesize"]),
+                                              "stopbits": float(values["stopbits"])}))
+    return tuple(ports)
 
 
 def _convert(kind, raw, where):
     if kind is str:
         return raw
+    if isinstance(kind, tuple):
+        if raw not in kind:
+            raise ConfigError(f"{where}: must be one of {', '.join(kind)}, not {raw!r}")
+        return raw
+    if kind == "target":
+        host, _, port = raw.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{where}: must be host:port as in the platform's configuration, e.g. 127.0.0.1:7001, not {raw!r}")
+        return host.lower(), int(port)
     if kind is int:
         if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
             raise ConfigError(f"{where}: must be a whole number of 1 or more, not {raw!r}")

@@ -1,4 +1,5 @@
-"""The local end of a tunnel, behind the small interface the tunnel pumps use.
+"""The local end of a tunnel (a TCP connection, a serial port, stdin/stdout), behind the small
+interface the tunnel pumps use, so the tunnel never knows which it has:
 
     read(size, idle)  bytes; b"" once the far end has closed; TimeoutError after `idle` seconds of quiet
     write(data)       all of it, or OSError
@@ -9,6 +10,11 @@
 import os
 import select
 import socket
+import threading
+import time
+
+import serial
+from serial import rfc2217
 
 
 class EndpointError(Exception):
@@ -95,3 +101,109 @@ class StdioEndpoint:
     def close(self):
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+class SerialEndpoint:
+    """A serial port. In telnet mode pyserial's RFC 2217 PortManager stands between it and the
+    tunnel: it answers the web terminal's option negotiation, takes IAC sequences out of what
+    goes to the line, and doubles 0xFF in what comes from it.
+
+    pyserial has no way to wake every kind of port's read, so reads wait POLL seconds at a time
+    and look for interrupt() in between.
+    """
+
+    POLL = 0.2
+
+    def __init__(self, port, name, release, telnet):
+        self._port, self.name, self._release = port, name, release
+        self._interrupted = False
+        self._telnet_replies = _Outbox() if telnet else None
+        self._telnet = rfc2217.PortManager(port, self._telnet_replies) if telnet else None
+
+    def read(self, size, idle):
+        deadline = time.monotonic() + idle
+        while not self._interrupted:
+            replies = self._telnet_replies.take() if self._telnet else b""
+            if replies:
+                return replies
+            data = self._port.read(max(1, min(size, self._port.in_waiting)))
+            if data:
+                return b"".join(self._telnet.escape(data)) if self._telnet else data
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+        return b""
+
+    def write(self, data):
+        if self._telnet:
+            data = b"".join(self._telnet.filter(data))
+        if data:
+            self._port.write(data)
+
+    def interrupt(self):
+        self._interrupted = True
+        cancel_write = getattr(self._port, "cancel_write", None)
+        if cancel_write:
+            cancel_write()
+
+    def close(self):
+        try:
+            self._port.close()
+        finally:
+            self._release()
+
+
+class _Outbox:
+    """Where PortManager's negotiation answers wait for the next read, which sends them to the cloud."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting = []
+
+    def write(self, data):
+        with self._lock:
+            self._waiting.append(bytes(data))
+
+    def take(self):
+        with self._lock:
+            data, self._waiting = b"".join(self._waiting), []
+        return data
+
+
+class SerialPorts:
+    """The serial ports that targets are mapped to ([serial:NAME] sections), one session per port at a time."""
+
+    def __init__(self, settings):
+        self._by_target = {s.target: s for s in settings}
+        self._lock = threading.Lock()
+        self._in_use = set()
+
+    def mapped(self, hostname, port):
+        """The settings of the serial port this target goes to, or None: it is a TCP target."""
+        return self._by_target.get((hostname.lower(), port))
+
+    def open(self, settings):
+        url = settings.url
+        with self._lock:
+            if url in self._in_use:
+                raise EndpointError(f"serial port {url} is already in use by another session")
+            self._in_use.add(url)
+        try:
+            port = serial.serial_for_url(
+                url, baudrate=settings.baudrate, bytesize=settings.bytesize, parity=settings.parity,
+                stopbits=settings.stopbits, xonxoff=settings.flow == "xonxoff", rtscts=settings.flow == "rtscts",
+                timeout=SerialEndpoint.POLL)
+        except (serial.SerialException, ValueError) as exc:
+            self._release(url)
+            raise EndpointError(f"cannot open serial port {url}: {_os_words(exc)}") from None
+        return SerialEndpoint(port, f"serial port {url}", lambda: self._release(url), settings.mode == "telnet")
+
+    def _release(self, url):
+        with self._lock:
+            self._in_use.discard(url)
+
+
+def _os_words(exc):
+    """The OS error in words ("no such file or directory"), not pyserial's repr of it."""
+    if isinstance(getattr(exc, "errno", None), int):
+        return os.strerror(exc.errno).lower()
+    return str(exc)

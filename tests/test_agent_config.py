@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cra.config import OPTIONS, ConfigError, load
+from cra.config import OPTIONS, SERIAL_OPTIONS, ConfigError, load
 from support import AGENT_SCRIPT
 
 REPO = Path(AGENT_SCRIPT).parent
@@ -47,11 +47,11 @@ def test_a_good_file_gives_its_values_and_the_defaults(tmp_path):
 def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
     """etc/cra-agent.conf is the reference: each option there, in its section, with its default."""
     text = SHIPPED.read_text()
-    sections = re.split(r"^\[(\w+)\]$", text, flags=re.M)
-    documented = {(name, option) for name, body in zip(sections[1::2], sections[2::2])
+    sections = re.split(r"^;? ?\[([\w:]+)\]$", text, flags=re.M)
+    documented = {(name.split(":")[0], option) for name, body in zip(sections[1::2], sections[2::2])
                   for option in re.findall(r"^;? ?(\w+) =", body, flags=re.M)}
-    assert documented == set(OPTIONS)
-    for (section, option), (_, default) in OPTIONS.items():
+    assert documented == set(OPTIONS) | {("serial", option) for option in SERIAL_OPTIONS}
+    for (section, option), (_, default) in [*OPTIONS.items(), *((("serial", o), d) for o, d in SERIAL_OPTIONS.items())]:
         if default not in (None, ""):
             assert re.search(rf"^;? ?{option} = {default:g}$" if isinstance(default, float) else
                              rf"^;? ?{option} = {default}$", text, flags=re.M), option
