@@ -8,6 +8,7 @@ interface the tunnel pumps use, so the tunnel never knows which it has:
     name              what log lines and failure reasons call it
 """
 import os
+import re
 import select
 import socket
 import threading
@@ -135,7 +136,12 @@ class SerialEndpoint:
 
     def write(self, data):
         if self._telnet:
-            data = b"".join(self._telnet.filter(data))
+            try:
+                data = b"".join(self._telnet.filter(data))
+            except OSError:
+                raise
+            except Exception as exc:  # pyserial parses what the user's terminal sends: whatever it chokes on ends the session
+                raise OSError(f"the telnet client sent a sequence that cannot be parsed ({type(exc).__name__}: {exc})") from None
         if data:
             self._port.write(data)
 
@@ -203,7 +209,10 @@ class SerialPorts:
 
 
 def _os_words(exc):
-    """The OS error in words ("no such file or directory"), not pyserial's repr of it."""
-    if isinstance(getattr(exc, "errno", None), int):
-        return os.strerror(exc.errno).lower()
-    return str(exc)
+    """The OS error in words ("no such file or directory"), not pyserial's text around it, which
+    carries the errno on the exception, on the one it wraps, or only in its message."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if isinstance(getattr(candidate, "errno", None), int):
+            return os.strerror(candidate.errno).lower()
+    number = re.search(r"\[Errno (\d+)\]|\((\d+), '", str(exc))
+    return os.strerror(int(number.group(1) or number.group(2))).lower() if number else str(exc)
