@@ -32,10 +32,11 @@ ssh-tools:
 	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v scp >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client; }
 
-# The whole suite on the newest releases, then the agent's tests again on the oldest supported ones.
+# The whole suite on the newest releases, then everything that runs the agent or cra-connect again
+# on the oldest supported ones (cra-cloud's own tests do not depend on those libraries).
 test: .venv/.installed .venv-oldest/.installed ssh-tools
 	.venv/bin/python -m pytest
-	.venv-oldest/bin/python -m pytest tests/test_agent_*.py
+	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py
 
 clean:
 	rm -rf .venv .venv-oldest build dist *.egg-info .pytest_cache
