@@ -1,5 +1,6 @@
 import pytest
 
+from agent_peers import Users
 from support import AgentProcess, Cloud
 
 
@@ -39,3 +40,11 @@ def make_agent(tmp_path):
     yield make
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture
+def users():
+    """Users' tools connected through the cloud (agent_peers.Users); all closed after the test."""
+    opened = Users()
+    yield opened
+    opened.close()

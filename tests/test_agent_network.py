@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent_peers import (LOCALHOST, EchoServer, HttpProxy, TlsTerminator, Users, add_configuration, log_lines,
+from agent_peers import (LOCALHOST, EchoServer, HttpProxy, TlsTerminator, add_configuration, log_lines,
                          operation, wait_for_log_count, wait_until)
 from support import wait_for_status
 
@@ -41,13 +41,6 @@ def clean_network_environment(monkeypatch):
     for name in NETWORK_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture
-def users():
-    opened = Users()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -9,20 +9,13 @@ import re
 
 import pytest
 
-from agent_peers import (EchoServer, Users, add_configuration, create_operation, log_lines, operation,
+from agent_peers import (EchoServer, add_configuration, create_operation, log_lines, operation,
                          refused_port, unanswered_port, wait_for_log_count)
 from support import ADMIN, AgentProcess, Cloud, receive_close, wait_for_status
 
 PROTOCOLS = ["PASSTHROUGH", "SSH", "VNC", "TELNET"]
 ADMIN_SEED = {"user": "admin", "password": "admin-pw", "roles": ["ROLE_REMOTE_ACCESS_ADMIN"]}
 A_KEY = "eb5e9d13-1caa-486b-bdda-130ca0d87df8"
-
-
-@pytest.fixture
-def users():
-    opened = Users()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

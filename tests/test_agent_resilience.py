@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, Users, add_configuration,
+from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, add_configuration,
                          cloud_access, assert_logged_in_order, free_port, json_answer, log_lines, operation,
                          refused_port, text_answer, wait_for_log_count, wait_until)
 from support import DEVICE, SEED, wait_for_status
@@ -19,13 +19,6 @@ from support import DEVICE, SEED, wait_for_status
 from cra.agent import PROTOCOLS
 from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.websocket_leg import WebSocketLegError, open_device_websocket
-
-
-@pytest.fixture
-def users():
-    opened = Users()
-    yield opened
-    opened.close()
 
 
 def assert_tunnel_works(cloud, users):

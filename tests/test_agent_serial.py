@@ -14,7 +14,7 @@ import termios
 import pytest
 import websocket
 
-from agent_peers import LOCALHOST, PtyConsole, Users, add_configuration, create_operation, refused_port, wait_until
+from agent_peers import LOCALHOST, PtyConsole, add_configuration, create_operation, refused_port, wait_until
 from cra.config import ConfigError, SerialPort, load
 from support import receive_close, wait_for_status
 from tunnel_tools import in_parallel, ws_recv_exactly
@@ -37,13 +37,6 @@ def telnet(*parts):
 def escape(data):
     """Data as telnet carries it: each 0xFF doubled."""
     return data.replace(b"\xff", b"\xff\xff")
-
-
-@pytest.fixture
-def users():
-    opened = Users()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
