@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 
 from agent_peers import Users
@@ -12,34 +14,32 @@ def cloud(tmp_path):
     instance.stop()
 
 
+@contextmanager
+def programs(program_class, tmp_path):
+    """A function that starts a program_class(tmp_path, ...) and returns it; all stopped afterwards."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(program_class(tmp_path, *args, **kwargs).start())
+        return started[-1]
+
+    yield start
+    for program in started:
+        program.stop()
+
+
 @pytest.fixture
 def make_cloud(tmp_path):
     """Start a cra-cloud with other flags, seed or environment: make_cloud(args=[...], seed=..., env=...)."""
-    started = []
-
-    def make(**kwargs):
-        instance = Cloud(tmp_path, **kwargs).start()
-        started.append(instance)
-        return instance
-
-    yield make
-    for instance in started:
-        instance.stop()
+    with programs(Cloud, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture
 def make_agent(tmp_path):
     """Start the real agent against a cloud: make_agent(cloud, options={"agent": {...}}, env=..., name=...)."""
-    started = []
-
-    def make(cloud, **kwargs):
-        agent = AgentProcess(tmp_path, cloud, **kwargs).start()
-        started.append(agent)
-        return agent
-
-    yield make
-    for agent in started:
-        agent.stop()
+    with programs(AgentProcess, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 import websocket
 
 from agent_peers import LOCALHOST, PtyConsole, add_configuration, create_operation, refused_port, wait_until
-from cra.config import ConfigError, SerialPort, load
 from support import receive_close, wait_for_status
 from tunnel_tools import in_parallel, ws_recv_exactly
 
@@ -313,81 +312,3 @@ def test_a_mapped_target_never_opens_a_tcp_connection(cloud, users, serial_agent
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):  # nothing in the accept queue: no connection was ever made
             listener.accept()
-
-
-# The [serial:NAME] sections of the configuration file
-
-BASE = """[c8y]
-url = https://example.cumulocity.com
-tenant = t100
-user = device_gw-001
-password = s3cret-Pw
-external_id = gw-001
-"""
-
-
-def config_file(tmp_path, *sections):
-    """An agent configuration file with BASE and the sections ({"serial:plc": {option: value}}); its path."""
-    path = tmp_path / "agent.conf"
-    path.write_text(BASE + "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())
-                                   for section in sections for name, options in section.items()))
-    return path
-
-
-PLC = {"target": "127.0.0.1:7001", "url": "/dev/ttyUSB0"}
-
-
-def test_a_serial_section_gives_its_values_and_the_defaults(tmp_path):
-    """A section as the README writes it (an inline comment included), and one with every option set."""
-    modem = {"target": "Modem.LAN:2323", "url": "rfc2217://127.0.0.1:4000", "baudrate": "9600", "bytesize": "7",
-             "parity": "E", "stopbits": "1.5", "flow": "rtscts", "mode": "raw"}
-    path = config_file(tmp_path, {"serial:plc": {**PLC, "mode": "telnet          ; the web terminal speaks telnet"}},
-                       {"serial:modem": modem})
-    assert load(path, environ={}).serial_ports == (
-        SerialPort(name="plc", target=("127.0.0.1", 7001), url="/dev/ttyUSB0", baudrate=115200, bytesize=8,
-                   parity="N", stopbits=1.0, flow="none", mode="telnet"),
-        SerialPort(name="modem", target=("modem.lan", 2323), url="rfc2217://127.0.0.1:4000", baudrate=9600,
-                   bytesize=7, parity="E", stopbits=1.5, flow="rtscts", mode="raw"))
-
-
-MISTAKES = [
-    ({"speed": "9600"}, "speed",
-     "unknown option (known: target, url, baudrate, bytesize, parity, stopbits, flow, mode)"),
-    ({"mode": "ssh"}, "mode", "must be one of raw, telnet, not 'ssh'"),
-    ({"flow": "hardware"}, "flow", "must be one of none, rtscts, xonxoff, not 'hardware'"),
-    ({"parity": "X"}, "parity", "must be one of N, E, O, M, S, not 'X'"),
-    ({"bytesize": "9"}, "bytesize", "must be one of 5, 6, 7, 8, not '9'"),
-    ({"stopbits": "3"}, "stopbits", "must be one of 1, 1.5, 2, not '3'"),
-    ({"baudrate": "fast"}, "baudrate", "must be a whole number of 1 or more, not 'fast'"),
-    ({"target": None}, "target", "required, and not set"),
-    ({"url": None}, "url", "required, and not set"),
-    ({"url": ""}, "url", "required, and not set"),
-    ({"target": "plc"}, "target",
-     "must be host:port as in the platform's configuration, e.g. 127.0.0.1:7001, not 'plc'"),
-    ({"target": ":7001"}, "target", "must be host:port"),
-    ({"target": "127.0.0.1:telnet"}, "target", "must be host:port"),
-    ({"target": "127.0.0.1:0"}, "target", "must be host:port"),
-    ({"target": "127.0.0.1:65536"}, "target", "must be host:port"),
-]
-
-
-@pytest.mark.parametrize("change, option, complaint", MISTAKES,
-                         ids=[" ".join(f"{k}={v}" if v is not None else f"no {k}" for k, v in change.items())
-                              for change, _, _ in MISTAKES])
-def test_a_serial_section_mistake_names_the_file_the_section_and_the_option(tmp_path, change, option, complaint):
-    """Refused at start, in one line that says where: the file, [serial:NAME] and the option."""
-    options = {k: v for k, v in {**PLC, **change}.items() if v is not None}
-    path = config_file(tmp_path, {"serial:plc": options})
-    with pytest.raises(ConfigError) as refused:
-        load(path, environ={})
-    assert str(refused.value).startswith(f"{path}: [serial:plc] {option}: ")
-    assert complaint in str(refused.value)
-
-
-def test_one_target_in_two_sections_is_refused(tmp_path):
-    """Which port would an operation go to? Host names are compared as the platform does, case aside."""
-    path = config_file(tmp_path, {"serial:a": {"target": "PLC.lan:7001", "url": "/dev/ttyUSB0"}},
-                       {"serial:b": {"target": "plc.LAN:7001", "url": "/dev/ttyUSB1"}})
-    with pytest.raises(ConfigError) as refused:
-        load(path, environ={})
-    assert str(refused.value) == f"{path}: [serial:b] target: plc.lan:7001 is already the target of [serial:a]"
