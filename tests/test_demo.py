@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from cra.cloud.demo import LocalSshd, free_port
 
@@ -13,15 +14,18 @@ READY = "Ctrl-C stops everything."
 
 
 def children(pid):
-    """Every process below pid, from /proc (the demo's cloud, agent, connects and sshd)."""
+    """Every process below pid, from /proc (the demo's cloud, agent, connects and sshd); a process
+    that ends while it is read (sshd's child for a login that just finished) is passed over."""
     found, queue = [], [pid]
     while queue:
         parent = queue.pop()
-        for task in os.listdir(f"/proc/{parent}/task"):
-            with open(f"/proc/{parent}/task/{task}/children") as handle:
-                kids = [int(k) for k in handle.read().split()]
-            found += kids
-            queue += kids
+        try:
+            kids = [int(k) for task in os.listdir(f"/proc/{parent}/task")
+                    for k in Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        found += kids
+        queue += kids
     return found
 
 
