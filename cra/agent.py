@@ -4,11 +4,13 @@ each its own thread, so that a slow connect or a long session never holds up ano
 The poll loop outlives every failure of the network or the platform: it logs the failure (a
 rejected password once, until it works again), waits with a backoff that doubles up to
 max_backoff, and polls again; PENDING operations wait on the platform meanwhile, so none is lost.
+A device with no credentials of its own first gets them through bootstrap registration.
 """
 import logging
 import threading
 import time
 
+from cra.bootstrap import WAITING, CredentialsFile, CredentialsFileError, bootstrap_access, device_access
 from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.endpoint import EndpointError, SerialPorts, open_tcp
 from cra.operation import InvalidOperation, masked, parse
@@ -20,6 +22,8 @@ log = logging.getLogger("cra.agent")
 PROTOCOLS = ["PASSTHROUGH", "SSH", "VNC", "TELNET"]
 RESTART_REASON = "agent restarted; the session was lost"
 STOP_WAIT = 3.0
+WAITING_EVERY = 60.0
+CONFIGURED_CREDENTIALS = "check [c8y] tenant, user and password (or token)"
 
 
 class Agent:
@@ -28,6 +32,9 @@ class Agent:
         self.c8y = C8y(config.cloud)
         self._serial_ports = SerialPorts(config.serial_ports)
         self.device_id = None
+        self._ready = False
+        self._signed_in = False
+        self._rejection_hint = CONFIGURED_CREDENTIALS
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._handling = set()
@@ -38,12 +45,26 @@ class Agent:
         self._credentials_reported = False
 
     def run(self):
-        """Until shutdown(): register, fail what a previous run left EXECUTING, then poll."""
-        for step in (self._register, self._fail_lost_sessions):
-            while not self._stop.is_set() and not self._attempt(step):
-                self._stop.wait(self._backoff())
+        """Until shutdown(): start (again after a reload that needs it), then poll."""
         while not self._stop.is_set():
-            self._stop.wait(self.config.poll_interval if self._attempt(self._poll) else self._backoff())
+            ready = self._ready
+            if not self._attempt(self._poll if ready else self._start):
+                self._stop.wait(self._backoff())
+            elif ready:
+                self._stop.wait(self.config.poll_interval)
+
+    def reload(self, config):
+        """Take a re-read configuration; open tunnels go on as they are. A change of tenant, device
+        or credentials signs in and registers again before the next poll."""
+        restart = (config.cloud, config.external_id, config.bootstrap, config.device_name, config.device_type) != \
+            (self.config.cloud, self.config.external_id, self.config.bootstrap, self.config.device_name, self.config.device_type)
+        self._serial_ports.remap(config.serial_ports)
+        self.config = config
+        if restart:
+            self.c8y = C8y(config.cloud)
+            self._ready = self._signed_in = False
+            self._rejection_hint = CONFIGURED_CREDENTIALS
+        log.info("configuration reloaded%s", "; signing in and registering again" if restart else "")
 
     def shutdown(self):
         """Stop polling, close every tunnel with 1001, and cut what has not closed within STOP_WAIT.
@@ -65,13 +86,15 @@ class Agent:
         """Run one step against the cloud; False, with the reason logged, when the cloud failed it."""
         try:
             step()
-        except (CloudError, CloudUnreachable) as exc:
+        except (CloudError, CloudUnreachable, CredentialsFileError) as exc:
             self._failures += 1
             if isinstance(exc, CloudError) and exc.status == 401:
                 if not self._credentials_reported:
-                    log.error("credentials rejected by %s: check [c8y] tenant, user and password (or token); "
-                              "retrying every %g s at most", self.config.cloud.url, self.config.max_backoff)
+                    log.error("credentials rejected by %s: %s; retrying every %g s at most",
+                              self.config.cloud.url, self._rejection_hint, self.config.max_backoff)
                     self._credentials_reported = True
+            elif isinstance(exc, CredentialsFileError):
+                log.error("%s; retrying in %g s", exc, self._backoff())
             else:
                 log.warning("%s; retrying in %g s", exc, self._backoff())
             return False
@@ -82,6 +105,53 @@ class Agent:
 
     def _backoff(self):
         return min(self.config.poll_interval * 2 ** max(self._failures - 1, 0), self.config.max_backoff)
+
+    def _start(self):
+        """Everything before the first poll; all of it again when a step fails."""
+        self._sign_in()
+        if self._stop.is_set():
+            return
+        self._register()
+        self._fail_lost_sessions()
+        self._ready = True
+
+    def _sign_in(self):
+        """In bootstrap mode, the device's own credentials: those stored, else new ones. Once signed
+        in, they stay in use until a reload changes the configuration, also when they could not be stored."""
+        if not self.config.bootstrapping or self._signed_in:
+            return
+        stored = CredentialsFile(self.config.bootstrap.credentials_file)
+        credentials = stored.load()
+        if credentials is None:
+            stored.prepare()
+            credentials = self._await_credentials(stored)
+            if credentials is None:
+                return
+        self.c8y = C8y(device_access(self.config, credentials))
+        self._signed_in = True
+        self._rejection_hint = (f"the device credentials in {stored.path} are no longer valid; the file is kept as "
+                                f"it is: remove it to register the device again through bootstrap")
+
+    def _await_credentials(self, stored):
+        """Ask with the bootstrap user until an administrator accepts the device, then keep the
+        answer; None when the agent stops first."""
+        config = self.config
+        bootstrap = C8y(bootstrap_access(config))
+        self._rejection_hint = "check [bootstrap] user, password and tenant"
+        told = None
+        while not (credentials := bootstrap.device_credentials(config.external_id)):
+            if told is None or time.monotonic() - told >= WAITING_EVERY:
+                log.info("%s: register external id %s there (Devices > Registration) and accept it", WAITING, config.external_id)
+                told = time.monotonic()
+            if self._stop.wait(config.poll_interval):
+                return None
+        log.info("device credentials received: user %s of tenant %s", credentials["user"], credentials["tenant"])
+        try:
+            stored.save(credentials)
+            log.info("device credentials stored in %s", stored.path)
+        except CredentialsFileError as exc:
+            log.error("%s: they are used until the agent stops, then lost; the device must then be registered again", exc)
+        return credentials
 
     def _register(self):
         """Find or create the device by its c8y_Serial; make sure it offers remote access (WIRE.md section 2)."""

@@ -88,6 +88,18 @@ class C8y:
     def update_device(self, mo_id, fragments):
         self._call("PUT", f"/inventory/managedObjects/{mo_id}", "managedobject", fragments)
 
+    def device_credentials(self, external_id):
+        """The device's own tenant, user and password, asked for with the bootstrap user; None (404)
+        until an administrator has accepted the device in Device Management (WIRE.md section 2)."""
+        try:
+            answer = self._call("POST", "/devicecontrol/deviceCredentials", "devicecredentials", {"id": external_id})
+        except CloudError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {"tenant": _field(answer, "tenantId"), "user": _field(answer, "username"),
+                "password": _field(answer, "password")}
+
     def connect_operations(self, device_id, status, page_size=100):
         """The device's c8y_RemoteAccessConnect operations in a status, oldest first."""
         answer = self._call("GET", "/devicecontrol/operations", "operationcollection", params={

@@ -5,19 +5,28 @@ import signal
 import sys
 import threading
 
-from cra import __version__
+from cra import __version__, logs
 from cra.agent import Agent
+from cra.check import CheckFailed, check
 from cra.config import ConfigError, env_name, load
 
 log = logging.getLogger("cra.agent")
 THREAD_STACK = 256 * 1024
+DEFAULT_CONFIG = "/etc/cra-agent/cra-agent.conf"
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="cra-agent", description="Cloud Remote Access device agent for Cumulocity IoT.",
-        epilog=f"Every option of the file can also be set in the environment, e.g. {env_name('c8y', 'password')}.")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="the agent's INI file, e.g. /etc/cra-agent.conf")
+        epilog=f"Every option of the file can also be set in the environment, e.g. {env_name('c8y', 'password')}. "
+               "SIGHUP re-reads the file and reopens the log; open tunnels stay open.")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the agent's INI file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--foreground", action="store_true",
+                        help="log to stderr for a person reading along, not to [log] destination "
+                             "(the default when standard output is a terminal)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the file, reach the cloud, sign in, print the device id and exit (0 when all is well, 1 otherwise)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -25,20 +34,30 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    if args.check:
+        return run_check(args.config)
+    foreground = args.foreground or sys.stdout.isatty()
     try:
         config = load(args.config)
-    except ConfigError as exc:
+        logs.setup(config.log, foreground, args.verbose)
+    except (ConfigError, logs.LogError) as exc:
         print(f"cra-agent: {exc}", file=sys.stderr)
         return 2
     threading.stack_size(THREAD_STACK)
-    if config.poll_interval >= 30:
-        log.warning("[agent] poll_interval %g s is not under the platform's 30 s operation timeout: "
-                    "users' sessions may time out before the agent sees them", config.poll_interval)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    warn_about(config)
+    wake, stopping, hangups = threading.Event(), threading.Event(), []
+
+    def on_stop(*_):
+        stopping.set()
+        wake.set()
+
+    def on_hangup(*_):
+        hangups.append(True)
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
     agent = Agent(config)
     crashed = []
 
@@ -48,13 +67,45 @@ def main(argv=None):
         except Exception:
             log.exception("the agent failed; stopping")
             crashed.append(True)
-            stopping.set()
+            on_stop()
 
     log.info("cra-agent %s starting for device %s at %s", __version__, config.external_id, config.cloud.url)
     poller = threading.Thread(target=poll, name="poll", daemon=True)
     poller.start()
-    stopping.wait()
+    while not stopping.is_set():
+        wake.wait()
+        wake.clear()
+        if hangups and not stopping.is_set():
+            hangups.clear()
+            reload(agent, args)
     log.info("stopping: closing tunnels")
     agent.shutdown()
     poller.join(1)
     return 1 if crashed else 0
+
+
+def reload(agent, args):
+    """SIGHUP: the file again, and the log reopened; a file that no longer loads leaves all as it was."""
+    try:
+        config = load(args.config)
+        logs.setup(config.log, args.foreground or sys.stdout.isatty(), args.verbose)
+    except (ConfigError, logs.LogError) as exc:
+        log.error("configuration not reloaded, the agent goes on as it was: %s", exc)
+        return
+    warn_about(config)
+    agent.reload(config)
+
+
+def warn_about(config):
+    if config.poll_interval >= 30:
+        log.warning("[agent] poll_interval %g s is not under the platform's 30 s operation timeout: "
+                    "users' sessions may time out before the agent sees them", config.poll_interval)
+
+
+def run_check(path):
+    try:
+        print(check(load(path)))
+    except (ConfigError, CheckFailed) as exc:
+        print(f"cra-agent: check failed: {exc}", file=sys.stderr)
+        return 1
+    return 0

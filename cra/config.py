@@ -57,9 +57,31 @@ class SerialPort:
 
 
 @dataclass(frozen=True)
+class Bootstrap:
+    """[bootstrap]: how a device with no credentials of its own gets them, and where it keeps them."""
+    user: str
+    password: str
+    tenant: str
+    credentials_file: str
+
+    def __repr__(self):
+        return f"Bootstrap(user={self.user!r}, tenant={self.tenant!r}, credentials_file={self.credentials_file!r})"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[log]: where a daemon's log lines go when it is not run in the foreground."""
+    destination: str
+    max_bytes: int
+    backups: int
+
+
+@dataclass(frozen=True)
 class Config:
     cloud: CloudAccess
     external_id: str
+    bootstrap: Bootstrap
+    log: LogSettings
     device_name: str
     device_type: str
     poll_interval: float
@@ -68,6 +90,11 @@ class Config:
     max_tunnels: int
     ping_interval: float
     serial_ports: tuple = ()
+
+    @property
+    def bootstrapping(self):
+        """No device user or token is configured: the agent registers with [bootstrap]."""
+        return not (self.cloud.user or self.cloud.token)
 
 
 # (section, option): (type, default); a default of None marks a required option.
@@ -88,6 +115,13 @@ OPTIONS = {
     ("agent", "connect_timeout"): (float, 10.0),
     ("agent", "max_tunnels"): (int, 20),
     ("agent", "ping_interval"): (float, 30.0),
+    ("bootstrap", "user"): (str, "devicebootstrap"),
+    ("bootstrap", "password"): (str, ""),
+    ("bootstrap", "tenant"): (str, "management"),
+    ("bootstrap", "credentials_file"): ("path", "/var/lib/cra-agent/credentials"),
+    ("log", "destination"): ("log", "syslog"),
+    ("log", "max_bytes"): (int, 1048576),
+    ("log", "backups"): (int, 3),
 }
 
 
@@ -124,12 +158,20 @@ def load(path, environ=os.environ):
         for option in parser.options(section):
             if (option not in SERIAL_OPTIONS) if serial else ((section, option) not in OPTIONS):
                 known = ", ".join(SERIAL_OPTIONS if serial else (o for s, o in OPTIONS if s == section)) \
-                    or "none: known sections are [c8y], [agent] and [serial:NAME]"
+                    or "none: known sections are [c8y], [agent], [bootstrap], [log] and [serial:NAME]"
                 raise ConfigError(f"{path}: [{section}] {option}: unknown option (known: {known})")
-    values = {option: _value(parser, path, section, option, kind, default, environ)
+    values = {(section, option): _value(parser, path, section, option, kind, default, environ)
               for (section, option), (kind, default) in OPTIONS.items()}
-    cloud = CloudAccess(**{f.name: values.pop(f.name) for f in fields(CloudAccess)})
-    return Config(cloud=_checked(cloud, path), serial_ports=_serial_ports(parser, path), **values)
+
+    def section(name):
+        return {option: value for (s, option), value in values.items() if s == name}
+
+    config = Config(
+        cloud=CloudAccess(**{f.name: values[("c8y", f.name)] for f in fields(CloudAccess)}),
+        external_id=values[("c8y", "external_id")], bootstrap=Bootstrap(**section("bootstrap")),
+        log=LogSettings(**section("log")), serial_ports=_serial_ports(parser, path), **section("agent"))
+    _check_credentials(config, path)
+    return config
 
 
 def _value(parser, path, section, option, kind, default, environ=None):
@@ -193,6 +235,13 @@ def _convert(kind, raw, where):
         if not os.path.isfile(raw):
             raise ConfigError(f"{where}: no such file: {raw}")
         return raw
+    if kind == "path" or (kind == "log" and raw not in ("syslog", "stderr")):
+        if not os.path.isabs(raw):
+            choices = "syslog, stderr or " if kind == "log" else ""
+            raise ConfigError(f"{where}: must be {choices}an absolute path such as /var/log/cra-agent.log, not {raw!r}")
+        return raw
+    if kind == "log":
+        return raw
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         example = "https://example.cumulocity.com" if kind == "url" else "http://proxy.example:3128"
@@ -200,12 +249,19 @@ def _convert(kind, raw, where):
     return raw.rstrip("/")
 
 
-def _checked(cloud, path):
+def _check_credentials(config, path):
+    """A token, or tenant, user and password, or none of them and a [bootstrap] password."""
+    cloud = config.cloud
     if cloud.token and (cloud.user or cloud.password):
         raise ConfigError(f"{path}: [c8y] token: give either token or user and password, not both")
-    if not cloud.token:
-        for option in ("tenant", "user", "password"):
+    if config.bootstrapping:
+        if cloud.password:
+            raise ConfigError(f"{path}: [c8y] user: required with [c8y] password, and not set")
+        if not config.bootstrap.password:
+            raise ConfigError(f"{path}: [bootstrap] password: required when [c8y] has no user or token "
+                              f"(the device then registers itself with the bootstrap user), and not set")
+    elif not cloud.token:
+        for option in ("tenant", "password"):
             if not getattr(cloud, option):
                 raise ConfigError(f"{path}: [c8y] {option}: required with user/password authentication "
                                   f"(or set [c8y] token), and not set")
-    return cloud

@@ -179,9 +179,13 @@ class SerialPorts:
     """The serial ports that targets are mapped to ([serial:NAME] sections), one session per port at a time."""
 
     def __init__(self, settings):
-        self._by_target = {s.target: s for s in settings}
+        self.remap(settings)
         self._lock = threading.Lock()
         self._in_use = set()
+
+    def remap(self, settings):
+        """New sections for new sessions; a session open on a port keeps it until it ends."""
+        self._by_target = {s.target: s for s in settings}
 
     def mapped(self, hostname, port):
         """The settings of the serial port this target goes to, or None: it is a TCP target."""

@@ -183,7 +183,7 @@ class AgentProcess(_Program):
 
     def start(self):
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, AGENT_SCRIPT, "-c", str(self.config_path)],
+            self.proc = subprocess.Popen([sys.executable, AGENT_SCRIPT, "--foreground", "-c", str(self.config_path)],
                                          stdout=log, stderr=log, env=self.env)
         return self
 

@@ -55,7 +55,11 @@ def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
         if default not in (None, ""):
             assert re.search(rf"^;? ?{option} = {default:g}$" if isinstance(default, float) else
                              rf"^;? ?{option} = {default}$", text, flags=re.M), option
-    assert load(SHIPPED, environ={}).external_id == "gw-001"
+    with pytest.raises(ConfigError, match=r"\[c8y\] url: required, and not set"):
+        load(SHIPPED, environ={})  # as installed: it says what to fill in, and contacts nobody
+    filled_in = {"CRA_C8Y_URL": "https://example.cumulocity.com", "CRA_C8Y_EXTERNAL_ID": "gw-001",
+                 "CRA_BOOTSTRAP_PASSWORD": "boot-pw"}
+    assert load(SHIPPED, environ=filled_in).bootstrapping
 
 
 @pytest.mark.parametrize("change, complaint", [
@@ -69,7 +73,11 @@ def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
     (("https://example.cumulocity.com", "example.cumulocity.com"), "[c8y] url: must be an http or https URL"),
     (("url = https://example.cumulocity.com\n", ""), "[c8y] url: required, and not set"),
     (("external_id = gw-001", "external_id ="), "[c8y] external_id: required, and not set"),
-    (("user = device_gw-001\n", ""), "[c8y] user: required with user/password authentication"),
+    (("user = device_gw-001\n", ""), "[c8y] user: required with [c8y] password, and not set"),
+    (("user = device_gw-001\npassword = s3cret-Pw\n", ""), "[bootstrap] password: required when [c8y] has no user or token"),
+    (("tenant = t100\n", ""), "[c8y] tenant: required with user/password authentication"),
+    (("[agent]", "[log]\ndestination = agent.log\n[agent]"), "[log] destination: must be syslog, stderr or an absolute path"),
+    (("[agent]", "[bootstrap]\ncredentials_file = creds\n[agent]"), "[bootstrap] credentials_file: must be an absolute path"),
     (("password = s3cret-Pw", "token = abc.def.ghi\npassword = s3cret-Pw"), "give either token or user and password"),
     (("[agent]", "[agent]\nproxy = http://proxy:3128"), "[agent] proxy: unknown option"),
     (("[c8y]", "[c8y]\nca_file = /nonexistent/ca.pem"), "[c8y] ca_file: no such file: /nonexistent/ca.pem"),
@@ -112,7 +120,7 @@ def test_a_missing_file_exits_2(tmp_path):
     assert "nope.conf: cannot read the configuration file: No such file or directory" in result.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["-c"], ["-c", "x.conf", "--bogus"]])
+@pytest.mark.parametrize("args", [["-c"], ["-c", "x.conf", "--bogus"]])
 def test_a_bad_command_line_exits_2_with_usage(args):
     result = agent(*args)
     assert result.returncode == 2 and "usage: cra-agent" in result.stderr

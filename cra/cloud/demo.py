@@ -168,7 +168,7 @@ def main(argv=None):
         with open(agent_conf, "w") as handle:
             handle.write(f"[c8y]\nurl = {url}\ntenant = t100\nuser = {DEVICE['user']}\nexternal_id = gw-001\n"
                          f"[agent]\npoll_interval = 1\n")
-        procs.append(start([os.path.join(BIN, "cra-agent"), "-c", agent_conf], workdir, "agent",
+        procs.append(start([os.path.join(BIN, "cra-agent"), "--foreground", "-c", agent_conf], workdir, "agent",
                            {"CRA_C8Y_PASSWORD": DEVICE["password"]}))
         user_env = {"C8Y_HOST": url, "C8Y_TENANT": "t100", "C8Y_USER": ADMIN["user"], "C8Y_PASSWORD": ADMIN["password"]}
         ports = {}

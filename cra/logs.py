@@ -1,0 +1,60 @@
+"""Where the agent's log lines go: stderr for a person at a console (--foreground), else syslog or
+a size-rotated file, as [log] destination says. Set up again on SIGHUP, so a log file that was
+moved away is reopened, and a new destination is taken without a restart.
+"""
+import logging
+import logging.handlers
+import os
+import sys
+
+LINE = "%(asctime)s %(levelname)s %(message)s"
+SYSLOG_SOCKET = "/dev/log"
+
+
+class LogError(Exception):
+    pass
+
+
+def setup(settings, foreground, verbose):
+    """Send the log to its destination; the one before is closed only once the new one is open."""
+    handler, trouble = _handler(settings, foreground)
+    root = logging.getLogger()
+    for previous in root.handlers[:]:
+        root.removeHandler(previous)
+        previous.close()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if trouble:
+        logging.getLogger("cra.agent").warning(trouble)
+
+
+def _handler(settings, foreground):
+    """(handler, a warning to log once it is in place, or None)."""
+    if foreground or settings.destination == "stderr":
+        return _formatted(logging.StreamHandler(sys.stderr), LINE), None
+    if settings.destination == "syslog":
+        try:
+            handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError as exc:
+            return (_formatted(logging.StreamHandler(sys.stderr), LINE),
+                    f"syslog is not available ({SYSLOG_SOCKET}: {_words(exc)}): logging to stderr; "
+                    f"set [log] destination to a file to keep the log")
+        handler.ident = f"cra-agent[{os.getpid()}]: "
+        return _formatted(handler, "%(levelname)s %(message)s"), None
+    path = settings.destination
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=settings.max_bytes,
+                                                       backupCount=settings.backups, encoding="utf-8")
+    except OSError as exc:
+        raise LogError(f"[log] destination: cannot write the log file {path}: {_words(exc)}") from None
+    return _formatted(handler, LINE), None
+
+
+def _formatted(handler, line):
+    handler.setFormatter(logging.Formatter(line))
+    return handler
+
+
+def _words(exc):
+    return (exc.strerror or str(exc)).lower()
