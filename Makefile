@@ -4,8 +4,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8111
 # What Debian bookworm / Raspberry Pi OS ship: the agent must run on these as on the newest.
 OLDEST_PINS := websocket-client==1.2.3 requests==2.28.1 pyserial==3.5
+# The packaging test's Debian bookworm root, kept between runs.
+BOOKWORM_ROOT := .cache/bookworm
 
-.PHONY: run test ssh-tools clean
+.PHONY: run test ssh-tools deb ipk packaging-tools clean
 
 # $(call venv,DIR,EXTRA PIP ARGUMENTS)
 define venv
@@ -32,9 +34,30 @@ ssh-tools:
 	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v scp >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client; }
 
+# The agent's packages, in dist/.
+deb:
+	$(PYTHON) packaging/build.py deb
+
+ipk:
+	$(PYTHON) packaging/build.py ipk
+
+# The packaging test builds both packages, lints the .deb and the shell scripts, and installs the .deb.
+packaging-tools:
+	@command -v dpkg-deb >/dev/null && command -v lintian >/dev/null && command -v shellcheck >/dev/null && \
+		[ -x /usr/sbin/debootstrap ] || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap lintian shellcheck; }
+
+# A minimal bookworm from debootstrap's default mirror, with the agent's dependencies downloaded but
+# not installed: the test's apt then resolves the .deb's Depends with no network. Made when missing.
+$(BOOKWORM_ROOT): | packaging-tools
+	rm -rf $@.tmp
+	$(SUDO) debootstrap --variant=minbase bookworm $@.tmp
+	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial
+	mv $@.tmp $@
+
 # The whole suite on the newest releases, then everything that runs the agent or cra-connect again
 # on the oldest supported ones (cra-cloud's own tests do not depend on those libraries).
-test: .venv/.installed .venv-oldest/.installed ssh-tools
+test: .venv/.installed .venv-oldest/.installed ssh-tools packaging-tools $(BOOKWORM_ROOT)
 	.venv/bin/python -m pytest
 	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py
 

@@ -29,7 +29,7 @@ CONFIGURED_CREDENTIALS = "check [c8y] tenant, user and password (or token)"
 class Agent:
     def __init__(self, config):
         self.config = config
-        self.c8y = C8y(config.cloud)
+        self._sign_in_with(config.cloud)
         self._serial_ports = SerialPorts(config.serial_ports)
         self.device_id = None
         self._ready = False
@@ -61,7 +61,7 @@ class Agent:
         self._serial_ports.remap(config.serial_ports)
         self.config = config
         if restart:
-            self.c8y = C8y(config.cloud)
+            self._sign_in_with(config.cloud)
             self._ready = self._signed_in = False
             self._rejection_hint = CONFIGURED_CREDENTIALS
         log.info("configuration reloaded%s", "; signing in and registering again" if restart else "")
@@ -127,10 +127,15 @@ class Agent:
             credentials = self._await_credentials(stored)
             if credentials is None:
                 return
-        self.c8y = C8y(device_access(self.config, credentials))
+        self._sign_in_with(device_access(self.config, credentials))
         self._signed_in = True
         self._rejection_hint = (f"the device credentials in {stored.path} are no longer valid; the file is kept as "
                                 f"it is: remove it to register the device again through bootstrap")
+
+    def _sign_in_with(self, access):
+        """REST calls and tunnels from now on: the configured credentials, or the device's own."""
+        self.access = access
+        self.c8y = C8y(access)
 
     def _await_credentials(self, stored):
         """Ask with the bootstrap user until an administrator accepts the device, then keep the
@@ -262,7 +267,7 @@ class Agent:
         opener = threading.Thread(target=open_endpoint, name=f"connect-{request.operation_id}", daemon=True)
         opener.start()
         try:
-            legs["ws"] = open_device_websocket(self.config.cloud, request.connection_key, self.config.connect_timeout)
+            legs["ws"] = open_device_websocket(self.access, request.connection_key, self.config.connect_timeout)
         except WebSocketLegError as exc:
             reasons.append(str(exc))
         opener.join()
@@ -277,7 +282,7 @@ class Agent:
     def _tell_user(self, request, reason):
         """Close the cloud leg with the reason at once, rather than leave the user's tool waiting for its timeout."""
         try:
-            _close_with_reason(open_device_websocket(self.config.cloud, request.connection_key, self.config.connect_timeout), reason)
+            _close_with_reason(open_device_websocket(self.access, request.connection_key, self.config.connect_timeout), reason)
         except WebSocketLegError as exc:
             log.debug("operation %s: could not tell the user why: %s", request.operation_id, exc)
 

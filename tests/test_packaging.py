@@ -1,0 +1,275 @@
+"""The packages as a gateway gets them (issue 6).
+
+The .deb is checked as Debian checks it (lintian) and then used as an integrator uses it: apt
+installs it into a throwaway copy of a Debian bookworm root (`make test` keeps one in
+.cache/bookworm with the dependencies downloaded, so apt resolves the package's Depends against
+Debian's own python3-websocket 1.2.3 and python3-requests, and fetches nothing), the init script starts
+the agent against a cra-cloud on 127.0.0.1, the device registers through the bootstrap flow
+once the test accepts it, carries a tunnel, stops and starts again on its stored credentials,
+and apt removes and purges it. The .ipk is checked by its contents, the shell by shellcheck.
+"""
+import contextlib
+import gzip
+import io
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agent_peers import EchoServer, add_configuration, refused_port, wait_until
+from support import ADMIN, wait_for_status
+
+TOP = Path(__file__).resolve().parent.parent
+BOOKWORM_ROOT = TOP / ".cache" / "bookworm"
+SHELL = ["init.d/cra-agent", "init.d/cra-agent.openwrt", "packaging/deb/postinst", "packaging/deb/prerm",
+         "packaging/deb/postrm", "packaging/ipk/postinst", "packaging/ipk/prerm"]
+DEB_DEPENDS = "python3 (>= 3.9), python3-websocket (>= 1.2.3), python3-requests, python3-serial"
+IPK_DEPENDS = "python3-light, python3-requests, python3-websocket-client, python3-pyserial"
+AGENT_MODULES = sorted(p.name for p in (TOP / "cra").glob("*.py") if p.name != "connect.py")
+VERSION = re.search(r'__version__ = "([^"]+)"', (TOP / "cra" / "__init__.py").read_text()).group(1)
+SERIAL = "gw-deb-1"  # not in the cloud's seed: the device registers itself
+WAITING = "waiting for the device to be accepted in Device Management"
+
+
+def need(*tools):
+    missing = [tool for tool in tools if not shutil.which(tool)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: `make test` installs them")
+
+
+def run(*command, timeout=120, **options):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """{"deb": path, "ipk": path}, built from this tree as `make deb` and `make ipk` build them."""
+    need("dpkg-deb")
+    out = tmp_path_factory.mktemp("dist")
+    built = {}
+    for kind in ("deb", "ipk"):
+        result = run(sys.executable, str(TOP / "packaging" / "build.py"), kind, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        built[kind] = Path(result.stdout.strip())
+    return built
+
+
+def test_shell_scripts_pass_shellcheck():
+    need("shellcheck")
+    result = run("shellcheck", *SHELL, cwd=TOP)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lintian_finds_no_error_in_the_deb(packages):
+    need("lintian")
+    result = run("lintian", str(packages["deb"]))
+    assert not [line for line in result.stdout.splitlines() if line.startswith("E:")], result.stdout
+
+
+def test_the_deb_holds_the_agent_only_and_depends_on_debians_own_libraries(packages):
+    deb = str(packages["deb"])
+    names = [line.split()[-1] for line in run("dpkg-deb", "--contents", deb).stdout.splitlines()]
+    assert sorted(Path(n).name for n in names if n.startswith("./usr/share/cra-agent/cra/") and n.endswith(".py")) == AGENT_MODULES
+    assert not [n for n in names if "cloud" in n or "connect.py" in n]
+    for path in ("./usr/bin/cra-agent", "./etc/init.d/cra-agent", "./etc/default/cra-agent",
+                 "./lib/systemd/system/cra-agent.service", "./usr/share/doc/cra-agent/copyright"):
+        assert path in names
+    assert run("dpkg-deb", "--field", deb, "Depends").stdout.strip() == DEB_DEPENDS
+    assert run("dpkg-deb", "--field", deb, "Version", "Architecture").stdout.split() == ["Version:", VERSION, "Architecture:", "all"]
+    assert run("dpkg-deb", "--info", deb, "conffiles").stdout.split() == [
+        "/etc/cra-agent/cra-agent.conf", "/etc/default/cra-agent", "/etc/init.d/cra-agent"]
+
+
+def members(archive):
+    """{name: (TarInfo, content)} of a gzip'd tar, in archive order."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
+
+
+def test_the_ipk_is_as_opkg_expects_it(packages):
+    outer = members(packages["ipk"].read_bytes())
+    assert list(outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
+    assert outer["./debian-binary"][1] == b"2.0\n"
+    control_files = members(outer["./control.tar.gz"][1])
+    fields = dict(re.findall(r"^([\w-]+): (.*)$", control_files["./control"][1].decode(), re.M))
+    assert (fields["Package"], fields["Version"], fields["Architecture"]) == ("cra-agent", VERSION, "all")
+    assert fields["Depends"] == IPK_DEPENDS
+    data_tar = outer["./data.tar.gz"][1]
+    assert int(fields["Installed-Size"]) == len(gzip.decompress(data_tar))
+    assert control_files["./conffiles"][1].decode().split() == ["/etc/config/cra-agent", "/etc/cra-agent/cra-agent.conf"]
+    for script in ("./postinst", "./prerm"):
+        assert b"default_" in control_files[script][1] and control_files[script][0].mode == 0o755
+
+    data = members(data_tar)
+    init, init_script = data["./etc/init.d/cra-agent"]
+    assert (init_script, init.mode) == ((TOP / "init.d" / "cra-agent.openwrt").read_bytes(), 0o755)
+    assert data["./etc/config/cra-agent"][1] == (TOP / "init.d" / "cra-agent.uci").read_bytes()
+    assert data["./etc/cra-agent/cra-agent.conf"][1] == (TOP / "etc" / "cra-agent.conf").read_bytes()
+    launcher, launcher_text = data["./usr/bin/cra-agent"]
+    assert launcher_text.startswith(b"#!/usr/bin/python3\n") and launcher.mode == 0o755
+    assert sorted(n.rsplit("/", 1)[1] for n in data if n.startswith("./usr/share/cra-agent/cra/") and n.endswith(".py")) == AGENT_MODULES
+    assert not [n for n in data if "cloud" in n or "connect.py" in n]
+    assert {(m.uid, m.gid) for m, _ in list(data.values()) + list(outer.values())} == {(0, 0)}
+
+
+def test_the_ipk_is_the_same_when_built_again(packages, tmp_path):
+    again = run(sys.executable, str(TOP / "packaging" / "build.py"), "ipk", "--out", str(tmp_path))
+    assert Path(again.stdout.strip()).read_bytes() == packages["ipk"].read_bytes()
+
+
+class Bookworm:
+    """A throwaway copy of the cached bookworm root with /proc mounted. close() kills every process
+    still running in it, unmounts /proc and removes the copy."""
+
+    ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+
+    def __init__(self, path):
+        self.path = path.resolve()
+        self.path.mkdir()
+        result = run("cp", "-a", f"{BOOKWORM_ROOT}/.", str(self.path))
+        assert result.returncode == 0, result.stderr
+        result = run("mount", "-t", "proc", "proc", str(self.path / "proc"))
+        assert result.returncode == 0, result.stderr
+        # debootstrap's minbase has no init system, so invoke-rc.d would block every action; this
+        # root stands in for a booted gateway, where the maintainer scripts' actions run.
+        policy = self.file("/usr/sbin/policy-rc.d")
+        policy.write_text("#!/bin/sh\nexit 0\n")
+        policy.chmod(0o755)
+
+    def run(self, *command, timeout=120):
+        return run("chroot", str(self.path), *command, timeout=timeout, env=self.ENV)
+
+    def apt_get(self, *arguments):
+        """apt-get that can fetch nothing: its proxy is a local port that refuses every connection."""
+        with refused_port() as port:
+            proxy = f"http://127.0.0.1:{port}"
+            return self.run("apt-get", "-y", "-o", "Dpkg::Use-Pty=0", "-o", f"Acquire::http::Proxy={proxy}",
+                            "-o", f"Acquire::https::Proxy={proxy}", *arguments, timeout=180)
+
+    def file(self, path):
+        return self.path / path.lstrip("/")
+
+    def processes(self):
+        """The pids of the processes whose root is this copy."""
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/root") == str(self.path):
+                    pids.append(int(pid))
+        return pids
+
+    def close(self):
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not self.processes(), "the processes left in the root ending", timeout=10)
+        run("umount", str(self.path / "proc"))
+        assert not os.path.ismount(self.path / "proc"), f"{self.path}/proc is still mounted"
+        shutil.rmtree(self.path)
+
+
+@pytest.fixture
+def bookworm(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("chroot and mount need root")
+    if not BOOKWORM_ROOT.is_dir():
+        pytest.skip(f"no Debian bookworm root in {BOOKWORM_ROOT}: `make .cache/bookworm` makes it")
+    root = Bookworm(tmp_path / "root")
+    yield root
+    root.close()
+
+
+def agent_config(cloud):
+    """The file an integrator writes: the tenant, the serial and the bootstrap password, nothing more."""
+    return (f"[c8y]\nurl = {cloud.url}\nexternal_id = {SERIAL}\n\n"
+            f"[agent]\npoll_interval = 0.5\nmax_backoff = 2\n\n"
+            f"[bootstrap]\npassword = boot-pw\n\n"
+            f"[log]\ndestination = /var/log/cra-agent.log\n")
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def accept_when_asked(cloud):
+    """The administrator registers the serial, waits for the device to ask, accepts it."""
+    admin = cloud.api(ADMIN)
+    assert admin.post("/devicecontrol/newDeviceRequests", json={"id": SERIAL}).status_code == 201
+    wait_until(lambda: admin.get(f"/devicecontrol/newDeviceRequests/{SERIAL}").json()["status"] == "PENDING_ACCEPTANCE",
+               f"{SERIAL} asking for its credentials")
+    assert admin.put(f"/devicecontrol/newDeviceRequests/{SERIAL}", json={"status": "ACCEPTED"}).status_code == 200
+
+
+def assert_tunnel_works(cloud, users, device_id, log):
+    """A user's session through the cloud reaches a service beside the gateway, bytes intact."""
+    with EchoServer() as echo:
+        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
+        op = wait_for_status(cloud, user.op_id)
+        assert op["status"] == "SUCCESSFUL", f"{op.get('failureReason')}\n{log.read_text()}"
+        payload = bytes(range(256)) * 64
+        assert user.echo(payload) == payload
+        user.close()
+
+
+def test_the_deb_on_debian_bookworm_registers_carries_a_tunnel_and_stops(packages, bookworm, cloud, users):
+    shutil.copy(packages["deb"], bookworm.file("/tmp"))
+    installed = bookworm.apt_get("install", f"/tmp/{packages['deb'].name}")
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "Need to get 0 B" in installed.stdout, installed.stdout
+    assert "fill in /etc/cra-agent/cra-agent.conf, then run: service cra-agent start" in installed.stdout
+    assert bookworm.run("python3", "-c", "import websocket; print(websocket.__version__)").stdout.strip() == "1.2.3"
+    assert mode(bookworm.file("/var/lib/cra-agent")) == 0o700
+    unconfigured = bookworm.run("/etc/init.d/cra-agent", "start")
+    assert unconfigured.returncode == 1 and "[c8y] url: required" in unconfigured.stderr, unconfigured.stderr
+
+    bookworm.file("/etc/cra-agent/cra-agent.conf").write_text(agent_config(cloud))
+    log = bookworm.file("/var/log/cra-agent.log")
+    started = bookworm.run("/etc/init.d/cra-agent", "start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    wait_until(lambda: log.exists() and WAITING in log.read_text(), "the agent waiting to be accepted")
+    accept_when_asked(cloud)
+    admin = cloud.api(ADMIN)
+    wait_until(lambda: admin.get(f"/identity/externalIds/c8y_Serial/{SERIAL}").status_code == 200,
+               "the device registering itself", timeout=30)
+    assert mode(bookworm.file("/var/lib/cra-agent/credentials")) == 0o600
+    device_id = cloud.device_id(SERIAL)
+    assert_tunnel_works(cloud, users, device_id, log)
+
+    status = bookworm.run("/etc/init.d/cra-agent", "status")
+    assert status.returncode == 0 and "running" in status.stdout, status.stdout
+    pid = int(bookworm.file("/run/cra-agent.pid").read_text())
+    stopped = bookworm.run("/etc/init.d/cra-agent", "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not pid_alive(pid) and not bookworm.file("/run/cra-agent.pid").exists()
+    assert "stopping: closing tunnels" in log.read_text()
+    assert bookworm.run("/etc/init.d/cra-agent", "status").returncode == 3
+
+    assert bookworm.run("/etc/init.d/cra-agent", "start").returncode == 0
+    assert_tunnel_works(cloud, users, device_id, log)
+    assert log.read_text().count(WAITING) == 1, log.read_text()
+
+    pid = int(bookworm.file("/run/cra-agent.pid").read_text())
+    removed = bookworm.apt_get("remove", "cra-agent")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert not pid_alive(pid), removed.stdout + removed.stderr
+    assert bookworm.file("/var/lib/cra-agent/credentials").exists()  # only a purge forgets the device
+    purged = bookworm.apt_get("purge", "cra-agent")
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    for gone in ("/var/lib/cra-agent", "/var/log/cra-agent.log", "/etc/cra-agent", "/usr/share/cra-agent"):
+        assert not bookworm.file(gone).exists(), gone
+    assert not list(bookworm.path.glob("etc/rc?.d/*cra-agent"))
