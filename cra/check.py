@@ -13,7 +13,7 @@ def check(config):
     """What was found, as a line to print; CheckFailed says what failed."""
     try:
         access, credentials = _device_access(config)
-        device_id = _asked(lambda: C8y(access).find_device(config.external_id), credentials)
+        device_id = _asked(lambda: C8y(access).find_device(config.external_id), credentials, config)
     except (CloudUnreachable, CredentialsFileError) as exc:
         raise CheckFailed(str(exc)) from None
     signed_in = f"signed in to {config.cloud.url} as {access.tenant}/{access.user}" if access.user else \
@@ -33,7 +33,7 @@ def _device_access(config):
         stored.prepare()
         bootstrap = C8y(bootstrap_access(config))
         credentials = _asked(lambda: bootstrap.device_credentials(config.external_id),
-                             "[bootstrap] user, password and tenant")
+                             "[bootstrap] user, password and tenant", config)
         if credentials is None:
             raise CheckFailed(f"the bootstrap user is accepted; {WAITING}: register external id "
                               f"{config.external_id} there (Devices > Registration) and accept it")
@@ -41,9 +41,11 @@ def _device_access(config):
     return device_access(config, credentials), f"the device credentials in {stored.path}"
 
 
-def _asked(request, credentials):
+def _asked(request, credentials, config):
+    """What the platform answered; a refusal in the words the running agent logs it with."""
     try:
         return request()
     except CloudError as exc:
-        hint = f": check {credentials}" if exc.status in (401, 403) else ""
-        raise CheckFailed(f"{exc}{hint}") from None
+        if exc.status == 401:
+            raise CheckFailed(f"credentials rejected by {config.cloud.url}: check {credentials}") from None
+        raise CheckFailed(f"{exc}: check {credentials}" if exc.status == 403 else str(exc)) from None

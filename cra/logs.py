@@ -2,9 +2,11 @@
 a size-rotated file, as [log] destination says. Set up again on SIGHUP, so a log file that was
 moved away is reopened, and a new destination is taken without a restart.
 """
+import errno
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 
 LINE = "%(asctime)s %(levelname)s %(message)s"
@@ -33,12 +35,12 @@ def _handler(settings, foreground):
     if foreground or settings.destination == "stderr":
         return _formatted(logging.StreamHandler(sys.stderr), LINE), None
     if settings.destination == "syslog":
-        try:
-            handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
-        except OSError as exc:
+        trouble = _syslog_trouble()
+        if trouble:
             return (_formatted(logging.StreamHandler(sys.stderr), LINE),
-                    f"syslog is not available ({SYSLOG_SOCKET}: {_words(exc)}): logging to stderr; "
+                    f"syslog is not available ({SYSLOG_SOCKET}: {trouble}): logging to stderr; "
                     f"set [log] destination to a file to keep the log")
+        handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.ident = f"cra-agent[{os.getpid()}]: "
         return _formatted(handler, "%(levelname)s %(message)s"), None
     path = settings.destination
@@ -49,6 +51,20 @@ def _handler(settings, foreground):
     except OSError as exc:
         raise LogError(f"[log] destination: cannot write the log file {path}: {_words(exc)}") from None
     return _formatted(handler, LINE), None
+
+
+def _syslog_trouble():
+    """Why nothing would reach syslog, or None. Asked here: since Python 3.11 SysLogHandler no longer
+    says so itself, and every line would be lost."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(SYSLOG_SOCKET)
+                return None
+            except OSError as exc:
+                if exc.errno != errno.EPROTOTYPE:
+                    return _words(exc)
+    return "not a syslog socket"
 
 
 def _formatted(handler, line):
