@@ -50,8 +50,8 @@ packaging-tools:
 # A minimal bookworm from debootstrap's default mirror, with the agent's dependencies downloaded but
 # not installed: the test's apt then resolves the .deb's Depends with no network. Made when missing.
 $(BOOKWORM_ROOT): | packaging-tools
-	rm -rf $@.tmp
-	$(SUDO) debootstrap --variant=minbase bookworm $@.tmp
+	rm -rf $@.tmp && mkdir -p $(dir $@)
+	$(SUDO) debootstrap --variant=minbase bookworm $(CURDIR)/$@.tmp
 	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial
 	mv $@.tmp $@
 
