@@ -15,7 +15,7 @@ from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.endpoint import EndpointError, SerialPorts, open_tcp
 from cra.operation import InvalidOperation, masked, parse
 from cra.tunnel import Tunnel
-from cra.websocket_leg import WebSocketLegError, open_device_websocket
+from cra.websocket_leg import WebSocketLegError, open_device_websocket, tls_context
 
 log = logging.getLogger("cra.agent")
 
@@ -59,6 +59,7 @@ class Agent:
         restart = (config.cloud, config.external_id, config.bootstrap, config.device_name, config.device_type) != \
             (self.config.cloud, self.config.external_id, self.config.bootstrap, self.config.device_name, self.config.device_type)
         self._serial_ports.remap(config.serial_ports)
+        tls_context.cache_clear()  # a renewed CA file counts from the next tunnel on
         self.config = config
         if restart:
             self._sign_in_with(config.cloud)

@@ -17,7 +17,8 @@ import time
 import websocket
 from websocket import ABNF
 
-CHUNK = 64 * 1024
+from cra.frames import CHUNK, send_binary
+
 CLOSE_WAIT = 2.0
 DATA_OPCODES = (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT, ABNF.OPCODE_CONT)
 
@@ -89,7 +90,7 @@ class Tunnel:
             if not data:
                 return self._end(f"{self.endpoint.name} closed the connection", 1000)
             try:
-                self.ws.send_binary(data)
+                send_binary(self.ws, data)
             except (OSError, websocket.WebSocketException) as exc:
                 return self._end(f"the cloud connection failed: {_words(exc)}", None)
             self.sent += len(data)

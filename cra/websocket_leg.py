@@ -3,6 +3,7 @@
 The agent opens the device end; cra-connect opens the client end. Both offer `binary`, send the
 Authorization of section 1, verify TLS, and go through the proxy REST uses (c8y.proxy_url).
 """
+import functools
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -28,6 +29,13 @@ class WebSocketLegError(Exception):
         self.status = status
 
 
+@functools.lru_cache(maxsize=None)
+def tls_context(ca_file):
+    """One per CA file ("" for the system's), shared by every tunnel: websocket-client would make one
+    per connection and load every CA into it again, about 0.8 MiB a tunnel (docs/BENCHMARKS.md)."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
 def open_device_websocket(access, connection_key, timeout):
     """The agent's leg of the tunnel for one connection key."""
     path = "/service/remoteaccess/device/"
@@ -40,8 +48,8 @@ def open_websocket(access, path, timeout, refusals, shown=None):
     where = access.websocket_url + (shown or path)
     options = {"header": [f"Authorization: {access.authorization}"], "subprotocols": ["binary"],
                "timeout": timeout, "enable_multithread": True, "skip_utf8_validation": True}
-    if access.ca_file:
-        options["sslopt"] = {"ca_certs": access.ca_file}
+    if access.websocket_url.startswith("wss:"):
+        options["sslopt"] = {"context": tls_context(access.ca_file)}
     proxy = proxy_url(access)
     if proxy:
         parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")

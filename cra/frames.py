@@ -1,0 +1,52 @@
+"""Binary frames to the cloud, built here rather than by websocket-client: its pure-Python masking
+took most of the agent's CPU on the way up (docs/BENCHMARKS.md). Masking is one big-integer
+multiply and XOR here, a fresh random key each frame as RFC 6455 requires; with wsaccel installed
+(Debian's python3-wsaccel), its C masker is used instead.
+"""
+import os
+import struct
+
+try:
+    from wsaccel.xormask import XorMaskerSimple
+except ImportError:
+    XorMaskerSimple = None
+
+FIN_BINARY = 0x82
+MASKED = 0x80
+CHUNK = 64 * 1024
+_ONES = b"\x01\x00\x00\x00" * (CHUNK // 4)  # little-endian: times a key, the key repeated
+_REPEAT_CHUNK = int.from_bytes(_ONES, "little")
+
+
+def send_binary(ws, data):
+    """What ws.send_binary(data) does, in one sendall under the socket's lock (the reader thread
+    answers pings on the same socket)."""
+    message = binary_frame(data, os.urandom(4))
+    with ws.lock:
+        ws.sock.sendall(message)
+
+
+def binary_frame(data, key):
+    size = len(data)
+    if size < 126:
+        header = struct.pack("!BB", FIN_BINARY, MASKED | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", FIN_BINARY, MASKED | 126, size)
+    else:
+        header = struct.pack("!BBQ", FIN_BINARY, MASKED | 127, size)
+    return b"".join((header, key, mask(key, data)))
+
+
+def mask(key, data):
+    """data XOR the 4-byte key, repeated."""
+    if XorMaskerSimple is not None:
+        return XorMaskerSimple(key).process(data)
+    size = len(data)
+    whole = -(-size // 4) * 4  # the key repeats in whole words; the tail is cut off afterwards
+    if whole == CHUNK:
+        repeat = _REPEAT_CHUNK
+    else:
+        ones = _ONES if whole <= CHUNK else b"\x01\x00\x00\x00" * (whole // 4)
+        repeat = int.from_bytes(memoryview(ones)[:whole], "little")
+    masked = (int.from_bytes(data, "little") ^ int.from_bytes(key, "little") * repeat).to_bytes(whole, "little")
+    return masked if whole == size else masked[:size]
