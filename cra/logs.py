@@ -4,7 +4,6 @@ moved away is reopened, and a new destination is taken without a restart.
 """
 import errno
 import logging
-import logging.handlers
 import os
 import socket
 import sys
@@ -34,20 +33,21 @@ def _handler(settings, foreground):
     """(handler, a warning to log once it is in place, or None)."""
     if foreground or settings.destination == "stderr":
         return _formatted(logging.StreamHandler(sys.stderr), LINE), None
+    # Only for a daemon's log: under procd or systemd (--foreground) it would cost 0.4 MiB of RSS.
+    from logging.handlers import RotatingFileHandler, SysLogHandler
     if settings.destination == "syslog":
         trouble = _syslog_trouble()
         if trouble:
             return (_formatted(logging.StreamHandler(sys.stderr), LINE),
                     f"syslog is not available ({SYSLOG_SOCKET}: {trouble}): logging to stderr; "
                     f"set [log] destination to a file to keep the log")
-        handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = SysLogHandler(SYSLOG_SOCKET, SysLogHandler.LOG_DAEMON)
         handler.ident = f"cra-agent[{os.getpid()}]: "
         return _formatted(handler, "%(levelname)s %(message)s"), None
     path = settings.destination
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=settings.max_bytes,
-                                                       backupCount=settings.backups, encoding="utf-8")
+        handler = RotatingFileHandler(path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8")
     except OSError as exc:
         raise LogError(f"[log] destination: cannot write the log file {path}: {_words(exc)}") from None
     return _formatted(handler, LINE), None

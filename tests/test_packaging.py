@@ -82,6 +82,7 @@ def test_the_deb_holds_the_agent_only_and_depends_on_debians_own_libraries(packa
                  "./lib/systemd/system/cra-agent.service", "./usr/share/doc/cra-agent/copyright"):
         assert path in names
     assert run("dpkg-deb", "--field", deb, "Depends").stdout.strip() == DEB_DEPENDS
+    assert run("dpkg-deb", "--field", deb, "Recommends").stdout.strip() == "python3-wsaccel"  # C frame masking
     assert run("dpkg-deb", "--field", deb, "Version", "Architecture").stdout.split() == ["Version:", VERSION, "Architecture:", "all"]
     assert run("dpkg-deb", "--info", deb, "conffiles").stdout.split() == [
         "/etc/cra-agent/cra-agent.conf", "/etc/default/cra-agent", "/etc/init.d/cra-agent"]
