@@ -61,7 +61,7 @@ packaging-tools:
 $(BOOKWORM_ROOT): | packaging-tools
 	rm -rf $@.tmp && mkdir -p $(dir $@)
 	$(SUDO) debootstrap --variant=minbase bookworm $(CURDIR)/$@.tmp
-	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial python3-wsaccel
+	$(SUDO) chroot $@.tmp apt-get install -y --download-only python3 python3-websocket python3-requests python3-serial
 	mv $@.tmp $@
 
 # The whole suite on the newest releases, then everything that runs the agent or cra-connect again

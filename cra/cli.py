@@ -6,9 +6,11 @@ import sys
 import threading
 
 from cra import __version__, frames, logs
-from cra.agent import Agent
-from cra.check import CheckFailed, check
 from cra.config import ConfigError, env_name, load
+
+# cra.agent and cra.check are imported once the configuration has loaded: requests alone takes a
+# second to import on a small board, and a bad file must end the agent at once (the init script
+# waits only that long to see whether it stayed up).
 
 log = logging.getLogger("cra.agent")
 THREAD_STACK = 256 * 1024
@@ -43,6 +45,7 @@ def main(argv=None):
     except (ConfigError, logs.LogError) as exc:
         print(f"cra-agent: {exc}", file=sys.stderr)
         return 2
+    from cra.agent import Agent
     threading.stack_size(THREAD_STACK)
     warn_about(config)
     wake, stopping, hangups = threading.Event(), threading.Event(), []
@@ -104,6 +107,7 @@ def warn_about(config):
 
 
 def run_check(path):
+    from cra.check import CheckFailed, check
     try:
         print(check(load(path)))
     except (ConfigError, CheckFailed) as exc:

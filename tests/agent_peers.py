@@ -20,7 +20,7 @@ import tty
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-from support import ADMIN
+from support import ADMIN, wait_for_status
 
 from cra import config as agent_config_module
 
@@ -579,3 +579,16 @@ def assert_logged_in_order(agent, patterns):
         found = next((i for i in range(position, len(lines)) if re.search(pattern, lines[i])), None)
         assert found is not None, f"no agent log line after line {position} matches {pattern!r}:\n{agent.log()}"
         position = found + 1
+
+
+def assert_tunnel_works(cloud, users, external_id="gw-001", log=None):
+    """What a user checks: a new session reaches a service beside the gateway, the operation is
+    SUCCESSFUL and 16 KiB come back intact. `log`, a file, is shown when it is not."""
+    device_id = cloud.device_id(external_id)
+    with EchoServer() as echo:
+        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
+        op = wait_for_status(cloud, user.op_id)
+        assert op["status"] == "SUCCESSFUL", f"{op.get('failureReason')}\n{log.read_text() if log else ''}"
+        payload = bytes(range(256)) * 64
+        assert user.echo(payload) == payload
+        user.close()

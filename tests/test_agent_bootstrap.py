@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent_peers import EchoServer, add_configuration, log_lines, refused_port, wait_for_log_count, wait_until
-from support import ADMIN, AGENT_SCRIPT, AgentProcess, wait_for_status
+from agent_peers import assert_tunnel_works, log_lines, refused_port, wait_for_log_count, wait_until
+from support import ADMIN, AGENT_SCRIPT, AgentProcess
 
 WAITING = r"waiting for the device to be accepted in Device Management"
 ASKED = "POST /devicecontrol/deviceCredentials"  # in the log of a cloud started with -v
@@ -47,16 +47,6 @@ def accept(cloud, serial="gw-new"):
     assert answer.status_code == 200, answer.text
 
 
-def assert_tunnel_works(cloud, users, external_id="gw-new"):
-    """What the administrator checks next: a session reaches a service on the gateway, bytes intact."""
-    device_id = cloud.device_id(external_id)
-    with EchoServer() as echo:
-        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
-        op = wait_for_status(cloud, user.op_id)
-        assert op["status"] == "SUCCESSFUL", op.get("failureReason")
-        payload = bytes(range(256)) * 64
-        assert user.echo(payload) == payload
-
 
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
@@ -84,7 +74,7 @@ def test_a_new_device_waits_to_be_accepted_then_keeps_its_credentials(make_cloud
     assert (stored["tenant"], stored["user"]) == ("t100", "device_gw-new")
     assert (mode(credentials), mode(credentials.parent)) == (0o600, 0o700)
     assert cloud.api(ADMIN).get("/identity/externalIds/c8y_Serial/gw-new").status_code == 200
-    assert_tunnel_works(cloud, users)
+    assert_tunnel_works(cloud, users, "gw-new")
     assert stored["password"] not in agent.log()
 
 
@@ -100,7 +90,7 @@ def test_after_a_restart_the_stored_credentials_are_used(cloud, make_agent, user
     restarted = make_agent(cloud, options=options, name="restarted")
     restarted.wait_for_log(r"device gw-new is managed object \d+")
     assert not log_lines(restarted, WAITING)
-    assert_tunnel_works(cloud, users)
+    assert_tunnel_works(cloud, users, "gw-new")
 
 
 def test_stored_credentials_the_platform_rejects_are_kept_and_not_replaced(make_cloud, make_agent, tmp_path):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from agent_peers import EchoServer, add_configuration, log_lines, wait_until
+from agent_peers import EchoServer, add_configuration, assert_tunnel_works, log_lines, wait_until
 from support import AGENT_SCRIPT, AgentProcess, wait_for_status
 
 from cra import logs
@@ -50,15 +50,6 @@ def start_service(tmp_path):
     for service in started:
         service.stop()
 
-
-def assert_tunnel_works(cloud, users, external_id="gw-001"):
-    """A new session reaches a service on the gateway, bytes intact; the user."""
-    device_id = cloud.device_id(external_id)
-    with EchoServer() as echo:
-        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
-        op = wait_for_status(cloud, user.op_id)
-        assert op["status"] == "SUCCESSFUL", op.get("failureReason")
-        assert user.echo(b"a new session") == b"a new session"
 
 
 def reload_with(agent, old, new):

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, add_configuration,
+from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, add_configuration, assert_tunnel_works,
                          cloud_access, assert_logged_in_order, free_port, json_answer, log_lines, operation,
                          refused_port, text_answer, wait_for_log_count, wait_until)
 from support import DEVICE, SEED, wait_for_status
@@ -20,14 +20,6 @@ from cra.agent import PROTOCOLS
 from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.websocket_leg import WebSocketLegError, open_device_websocket
 
-
-def assert_tunnel_works(cloud, users):
-    """What a user checks after an outage: a new session reaches the gateway's local service."""
-    device_id = cloud.device_id()
-    with EchoServer() as echo:
-        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
-        assert user.echo(b"back again") == b"back again"
-        assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
 
 
 def test_an_agent_with_a_bearer_token_registers_and_carries_tunnels(cloud, make_agent, users):
