@@ -56,8 +56,7 @@ class Agent:
     def reload(self, config):
         """Take a re-read configuration; open tunnels go on as they are. A change of tenant, device
         or credentials signs in and registers again before the next poll."""
-        restart = (config.cloud, config.external_id, config.bootstrap, config.device_name, config.device_type) != \
-            (self.config.cloud, self.config.external_id, self.config.bootstrap, self.config.device_name, self.config.device_type)
+        restart = _identity(config) != _identity(self.config)
         self._serial_ports.remap(config.serial_ports)
         tls_context.cache_clear()  # a renewed CA file counts from the next tunnel on
         self.config = config
@@ -290,6 +289,11 @@ class Agent:
     def _fail(self, op_id, reason):
         log.warning("operation %s FAILED: %s", op_id, reason)
         self.c8y.set_status(op_id, "FAILED", reason)
+
+
+def _identity(config):
+    """What the agent signs in and registers as: when any of it changes, it does both again."""
+    return config.cloud, config.bootstrap, config.external_id, config.device_name, config.device_type
 
 
 def _close_with_reason(ws, reason):

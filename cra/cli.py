@@ -48,14 +48,14 @@ def main(argv=None):
     from cra.agent import Agent
     threading.stack_size(THREAD_STACK)
     warn_about(config)
-    wake, stopping, hangups = threading.Event(), threading.Event(), []
+    wake, stopping, hangup = threading.Event(), threading.Event(), threading.Event()
 
     def on_stop(*_):
         stopping.set()
         wake.set()
 
     def on_hangup(*_):
-        hangups.append(True)
+        hangup.set()
         wake.set()
 
     signal.signal(signal.SIGTERM, on_stop)
@@ -79,8 +79,8 @@ def main(argv=None):
     while not stopping.is_set():
         wake.wait()
         wake.clear()
-        if hangups and not stopping.is_set():
-            hangups.clear()
+        if hangup.is_set() and not stopping.is_set():
+            hangup.clear()
             reload(agent, args)
     log.info("stopping: closing tunnels")
     agent.shutdown()
