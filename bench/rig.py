@@ -12,17 +12,16 @@ import json
 import os
 import select
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import requests
 
 from bench.traffic import tcp, websocket
+from cra.cloud.demo import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -41,23 +40,6 @@ SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's bundle
 
 def basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port, timeout=START_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 class Program:
@@ -155,7 +137,7 @@ class Cloud:
             f"foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n[cloud]\n"
             f"accept = 127.0.0.1:{tls_port}\nconnect = {self.url.split('//')[1]}\ncert = {self.cert}\nkey = {self.key}\n")
         self.front = Program("stunnel", ["stunnel4", str(workdir / "stunnel.conf")], workdir)
-        wait_port(tls_port)
+        wait_for_port(tls_port, self.front.proc, "stunnel", START_TIMEOUT)
         self.tls_url = f"https://127.0.0.1:{tls_port}"
 
     def get(self, path):
