@@ -243,6 +243,9 @@ def test_the_deb_on_debian_bookworm_registers_carries_a_tunnel_and_stops(package
     status = bookworm.run("/etc/init.d/cra-agent", "status")
     assert status.returncode == 0 and "running" in status.stdout, status.stdout
     pid = int(bookworm.file("/run/cra-agent.pid").read_text())
+    assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")  # small-device default
+    assert bookworm.run("/etc/init.d/cra-agent", "reload").returncode == 0
+    wait_until(lambda: "configuration reloaded" in log.read_text(), "the agent re-reading its file on reload")
     stopped = bookworm.run("/etc/init.d/cra-agent", "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not pid_alive(pid) and not bookworm.file("/run/cra-agent.pid").exists()
