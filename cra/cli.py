@@ -38,10 +38,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.check:
         return run_check(args.config)
-    foreground = args.foreground or sys.stdout.isatty()
+    args.foreground = args.foreground or sys.stdout.isatty()
     try:
         config = load(args.config)
-        logs.setup(config.log, foreground, args.verbose)
+        logs.setup(config.log, args.foreground, args.verbose)
     except (ConfigError, logs.LogError) as exc:
         print(f"cra-agent: {exc}", file=sys.stderr)
         return 2
@@ -92,7 +92,7 @@ def reload(agent, args):
     """SIGHUP: the file again, and the log reopened; a file that no longer loads leaves all as it was."""
     try:
         config = load(args.config)
-        logs.setup(config.log, args.foreground or sys.stdout.isatty(), args.verbose)
+        logs.setup(config.log, args.foreground, args.verbose)
     except (ConfigError, logs.LogError) as exc:
         log.error("configuration not reloaded, the agent goes on as it was: %s", exc)
         return

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from agent_peers import EchoServer, add_configuration, assert_tunnel_works, log_lines, wait_until
+from conftest import programs
 from support import AGENT_SCRIPT, AgentProcess, wait_for_status
 
 from cra import logs
@@ -45,10 +46,8 @@ class Service(AgentProcess):
 @pytest.fixture
 def start_service(tmp_path):
     """start_service(cloud, options=..., stdout=...): a started Service, stopped after the test."""
-    started = []
-    yield lambda *args, **kwargs: started.append(Service(tmp_path, *args, **kwargs).start()) or started[-1]
-    for service in started:
-        service.stop()
+    with programs(Service, tmp_path) as start:
+        yield start
 
 
 
