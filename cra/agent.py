@@ -1,77 +1,80 @@
-"""The agent: registers the device, then polls for c8y_RemoteAccessConnect operations and gives
-each its own thread, so that a slow connect or a long session never holds up another.
+"""The agent: signs in, registers the device, then takes c8y_RemoteAccessConnect operations from
+its feed (cra.feed: notifications or polling) and gives each its own thread, so that a slow
+connect or a long session never holds up another. Here are the dispatch and its limits.
 
-The poll loop outlives every failure of the network or the platform: it logs the failure (a
-rejected password once, until it works again), waits with a backoff that doubles up to
-max_backoff, and polls again; PENDING operations wait on the platform meanwhile, so none is lost.
-A device with no credentials of its own first gets them through bootstrap registration.
+The loop outlives every failure of the network or the platform: it logs the failure (a rejected
+password once, until it works again), waits with a backoff that doubles up to max_backoff, and
+asks again; PENDING operations wait on the platform meanwhile, so none is lost.
 """
 import logging
 import threading
 import time
+from collections import OrderedDict
 
-from cra.bootstrap import WAITING, CredentialsFile, CredentialsFileError, bootstrap_access, device_access
+from cra.bootstrap import WAITING, CredentialsFileError
 from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.endpoint import EndpointError, SerialPorts, open_tcp
+from cra.feed import Feed
 from cra.operation import InvalidOperation, masked, parse
+from cra.registration import register
+from cra.signin import CredentialsRejected, configured, sign_in
 from cra.tunnel import Tunnel
 from cra.websocket_leg import WebSocketLegError, open_device_websocket, tls_context
 
 log = logging.getLogger("cra.agent")
 
-PROTOCOLS = ["PASSTHROUGH", "SSH", "VNC", "TELNET"]
 RESTART_REASON = "agent restarted; the session was lost"
 STOP_WAIT = 3.0
 WAITING_EVERY = 60.0
-CONFIGURED_CREDENTIALS = "check [c8y] tenant, user and password (or token)"
+SEEN_MAX = 1000  # operation ids remembered so that one both pushed and listed is handled once
 
 
 class Agent:
     def __init__(self, config):
         self.config = config
-        self._sign_in_with(config.cloud)
+        self._use(configured(config))
         self._serial_ports = SerialPorts(config.serial_ports)
         self.device_id = None
-        self._ready = False
+        self._feed = None
         self._signed_in = False
-        self._rejection_hint = CONFIGURED_CREDENTIALS
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._handling = set()
-        self._finished = set()
+        self._seen = OrderedDict()
         self._tunnels = {}
         self._threads = []
         self._failures = 0
         self._credentials_reported = False
+        self._waiting_told = None
 
     def run(self):
-        """Until shutdown(): start (again after a reload that needs it), then poll."""
+        """Until shutdown(): start (again after a reload that needs it), then dispatch what the feed brings."""
         while not self._stop.is_set():
-            ready = self._ready
-            if not self._attempt(self._poll if ready else self._start):
+            if not self._attempt(self._dispatch_next if self._feed else self._start):
                 self._stop.wait(self._backoff())
-            elif ready:
-                self._stop.wait(self.config.poll_interval)
 
     def reload(self, config):
         """Take a re-read configuration; open tunnels go on as they are. A change of tenant, device
-        or credentials signs in and registers again before the next poll."""
+        or credentials signs in and registers again before the next operation is taken."""
         restart = _identity(config) != _identity(self.config)
+        new_feed = restart or _feed_settings(config) != _feed_settings(self.config)
         self._serial_ports.remap(config.serial_ports)
         tls_context.cache_clear()  # a renewed CA file counts from the next tunnel on
         self.config = config
         if restart:
-            self._sign_in_with(config.cloud)
-            self._ready = self._signed_in = False
-            self._rejection_hint = CONFIGURED_CREDENTIALS
+            self._use(configured(config))
+            self._signed_in = False
+            self.device_id = None
+        if new_feed:
+            self._end_feed()
         log.info("configuration reloaded%s", "; signing in and registering again" if restart else "")
 
     def shutdown(self):
-        """Stop polling, close every tunnel with 1001, and cut what has not closed within STOP_WAIT.
+        """Stop taking operations, close every tunnel with 1001, and cut what has not closed within STOP_WAIT.
 
         Called from another thread than run(), which may be inside a request that takes its time.
         """
         self._stop.set()
+        self._end_feed()
         with self._lock:
             tunnels = [t for t in self._tunnels.values() if t is not None]
         for tunnel in tunnels:
@@ -86,12 +89,13 @@ class Agent:
         """Run one step against the cloud; False, with the reason logged, when the cloud failed it."""
         try:
             step()
-        except (CloudError, CloudUnreachable, CredentialsFileError) as exc:
+        except (CloudError, CloudUnreachable, CredentialsFileError, CredentialsRejected) as exc:
             self._failures += 1
             if isinstance(exc, CloudError) and exc.status == 401:
+                exc = self._signin.rejected(self.config.cloud.url)
+            if isinstance(exc, CredentialsRejected):
                 if not self._credentials_reported:
-                    log.error("credentials rejected by %s: %s; retrying every %g s at most",
-                              self.config.cloud.url, self._rejection_hint, self.config.max_backoff)
+                    log.error("%s; retrying every %g s at most", exc, self.config.max_backoff)
                     self._credentials_reported = True
             elif isinstance(exc, CredentialsFileError):
                 log.error("%s; retrying in %g s", exc, self._backoff())
@@ -107,100 +111,66 @@ class Agent:
         return min(self.config.poll_interval * 2 ** max(self._failures - 1, 0), self.config.max_backoff)
 
     def _start(self):
-        """Everything before the first poll; all of it again when a step fails."""
+        """Everything before the first operation; all of it again when a step fails."""
         self._sign_in()
         if self._stop.is_set():
             return
-        self._register()
-        self._fail_lost_sessions()
-        self._ready = True
+        if self.device_id is None:
+            self.device_id = register(self.c8y, self.config)
+            self._fail_lost_sessions()
+        self._feed = Feed(self.c8y, self.access, self.device_id, self.config)
 
     def _sign_in(self):
-        """In bootstrap mode, the device's own credentials: those stored, else new ones. Once signed
-        in, they stay in use until a reload changes the configuration, also when they could not be stored."""
-        if not self.config.bootstrapping or self._signed_in:
+        """The credentials to use; once found, they stay in use until a reload changes the configuration."""
+        if self._signed_in:
             return
-        stored = CredentialsFile(self.config.bootstrap.credentials_file)
-        credentials = stored.load()
-        if credentials is None:
-            stored.prepare()
-            credentials = self._await_credentials(stored)
-            if credentials is None:
-                return
-        self._sign_in_with(device_access(self.config, credentials))
+        signed_in = sign_in(self.config, self._not_accepted_yet)
+        if signed_in is None:
+            return
+        if signed_in.received:
+            log.info("device credentials received: user %s of tenant %s", signed_in.access.user, signed_in.access.tenant)
+            if signed_in.not_stored:
+                log.error("%s: they are used until the agent stops, then lost; the device must then be registered again",
+                          signed_in.not_stored)
+            else:
+                log.info("device credentials stored in %s", self.config.bootstrap.credentials_file)
+        self._use(signed_in)
         self._signed_in = True
-        self._rejection_hint = (f"the device credentials in {stored.path} are no longer valid; the file is kept as "
-                                f"it is: remove it to register the device again through bootstrap")
 
-    def _sign_in_with(self, access):
+    def _use(self, signed_in):
         """REST calls and tunnels from now on: the configured credentials, or the device's own."""
-        self.access = access
-        self.c8y = C8y(access)
+        self._signin, self.access = signed_in, signed_in.access
+        self.c8y = C8y(signed_in.access)
 
-    def _await_credentials(self, stored):
-        """Ask with the bootstrap user until an administrator accepts the device, then keep the
-        answer; None when the agent stops first."""
-        config = self.config
-        bootstrap = C8y(bootstrap_access(config))
-        self._rejection_hint = "check [bootstrap] user, password and tenant"
-        told = None
-        while not (credentials := bootstrap.device_credentials(config.external_id)):
-            if told is None or time.monotonic() - told >= WAITING_EVERY:
-                log.info("%s: register external id %s there (Devices > Registration) and accept it", WAITING, config.external_id)
-                told = time.monotonic()
-            if self._stop.wait(config.poll_interval):
-                return None
-        log.info("device credentials received: user %s of tenant %s", credentials["user"], credentials["tenant"])
-        try:
-            stored.save(credentials)
-            log.info("device credentials stored in %s", stored.path)
-        except CredentialsFileError as exc:
-            log.error("%s: they are used until the agent stops, then lost; the device must then be registered again", exc)
-        return credentials
+    def _not_accepted_yet(self):
+        """Said at once and then every WAITING_EVERY; True to ask again after poll_interval, False once stopping."""
+        if self._waiting_told is None or time.monotonic() - self._waiting_told >= WAITING_EVERY:
+            log.info("%s: register external id %s there (Devices > Registration) and accept it", WAITING,
+                     self.config.external_id)
+            self._waiting_told = time.monotonic()
+        return not self._stop.wait(self.config.poll_interval)
 
-    def _register(self):
-        """Find or create the device by its c8y_Serial; make sure it offers remote access (WIRE.md section 2)."""
-        config = self.config
-        device_id = self.c8y.find_device(config.external_id)
-        if device_id is None:
-            device_id = self.c8y.create_device(config.external_id, {
-                "name": config.device_name or config.external_id, "type": config.device_type,
-                "c8y_IsDevice": {}, "com_cumulocity_model_Agent": {},
-                "c8y_SupportedOperations": ["c8y_RemoteAccessConnect"],
-                "c8y_RemoteAccessSupportedProtocols": PROTOCOLS})
-            log.info("registered new device %s as managed object %s", config.external_id, device_id)
-        else:
-            current = self.c8y.device(device_id)
-            supported = current.get("c8y_SupportedOperations")
-            supported = supported if isinstance(supported, list) else []
-            changes = {}
-            if "c8y_RemoteAccessConnect" not in supported:
-                changes["c8y_SupportedOperations"] = supported + ["c8y_RemoteAccessConnect"]
-            if current.get("c8y_RemoteAccessSupportedProtocols") != PROTOCOLS:
-                changes["c8y_RemoteAccessSupportedProtocols"] = PROTOCOLS
-            if "com_cumulocity_model_Agent" not in current:
-                changes["com_cumulocity_model_Agent"] = {}
-            if changes:
-                self.c8y.update_device(device_id, changes)
-            log.info("device %s is managed object %s%s", config.external_id, device_id,
-                     f"; updated {', '.join(sorted(changes))}" if changes else "")
-        self.device_id = device_id
+    def _end_feed(self):
+        feed, self._feed = self._feed, None
+        if feed:
+            feed.close()
 
     def _fail_lost_sessions(self):
         for operation in self.c8y.connect_operations(self.device_id, "EXECUTING"):
             self.c8y.set_status(operation["id"], "FAILED", RESTART_REASON)
             log.info("operation %s set FAILED: %s", operation["id"], RESTART_REASON)
 
-    def _poll(self):
-        with self._lock:
-            self._finished.clear()
-        for operation in self.c8y.connect_operations(self.device_id, "PENDING"):
+    def _dispatch_next(self):
+        feed = self._feed
+        for operation in feed.next() if feed else ():
             op_id = str(operation.get("id"))
             with self._lock:
-                # _finished: handled since this poll began, so possibly listed before its status changed
-                if op_id in self._handling or op_id in self._finished:
+                # seen: being handled or handled, maybe listed before its status changed, or pushed and listed
+                if op_id in self._seen:
                     continue
-                self._handling.add(op_id)
+                self._seen[op_id] = True
+                if len(self._seen) > SEEN_MAX:
+                    self._seen.popitem(last=False)
             thread = threading.Thread(target=self._handle, args=(operation,), name=f"op-{op_id}", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
@@ -211,10 +181,10 @@ class Agent:
             self._connect(op_id, operation)
         except (CloudError, CloudUnreachable) as exc:
             log.warning("operation %s: %s", op_id, exc)
+            with self._lock:
+                self._seen.pop(op_id, None)  # still PENDING, maybe: the next listing may take it up again
         finally:
             with self._lock:
-                self._handling.discard(op_id)
-                self._finished.add(op_id)
                 self._tunnels.pop(op_id, None)
 
     def _connect(self, op_id, operation):
@@ -294,6 +264,10 @@ class Agent:
 def _identity(config):
     """What the agent signs in and registers as: when any of it changes, it does both again."""
     return config.cloud, config.bootstrap, config.external_id, config.device_name, config.device_type
+
+
+def _feed_settings(config):
+    return config.operations, config.poll_interval, config.max_backoff
 
 
 def _close_with_reason(ws, reason):

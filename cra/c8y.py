@@ -3,14 +3,19 @@
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
 """
+import socket
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from cra import __version__
 
 MEDIA = "application/vnd.com.nsn.cumulocity.{}+json"
 CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
+NOTIFICATIONS = "/notification/operations"
+KEEPALIVE_PROBES = 3
 
 
 class CloudUnreachable(Exception):
@@ -31,10 +36,38 @@ def proxy_url(access):
     return requests.utils.get_environ_proxies(access.url).get(urlsplit(access.url).scheme, "")
 
 
+def keepalive_options(idle):
+    """TCP keepalive on every connection to the tenant: a long poll held over a link that a NAT or a
+    proxy dropped without a word is found dead within 2 x `idle` seconds (the probes also keep such
+    a NAT's entry alive), instead of waiting for an answer that cannot come."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    seconds = max(1, round(idle))
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // KEEPALIVE_PROBES)),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):  # Linux has all three; other systems fewer
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return HTTPConnection.default_socket_options + options
+
+
+class _KeepaliveAdapter(HTTPAdapter):
+    def __init__(self, socket_options):
+        self._socket_options = socket_options
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, socket_options=self._socket_options, **kwargs)
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        return super().proxy_manager_for(proxy, socket_options=self._socket_options, **kwargs)
+
+
 class C8y:
     def __init__(self, access):
         self._base = access.url
         self._session = requests.Session()
+        adapter = _KeepaliveAdapter(keepalive_options(access.keepalive))
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers["Authorization"] = access.authorization
         self._session.headers["User-Agent"] = f"cra-agent/{__version__}"
         # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE and *_proxy override a session's own.
@@ -44,13 +77,16 @@ class C8y:
         if access.proxy:
             self._options["proxies"] = {"http": access.proxy, "https": access.proxy}
 
-    def _call(self, method, path, media=None, body=None, params=None, shape=dict):
+    def _call(self, method, path, media=None, body=None, params=None, shape=dict, read_timeout=None):
         headers = {"Accept": MEDIA.format(media) if media else "application/json"}
         if body is not None:
             headers["Content-Type"] = MEDIA.format(media) if media else "application/json"
+        options = self._options
+        if read_timeout is not None:
+            options = {**options, "timeout": (options["timeout"], read_timeout)}
         try:
             response = self._session.request(method, self._base + path, json=body, params=params,
-                                             headers=headers, **self._options)
+                                             headers=headers, **options)
         except requests.RequestException as exc:
             raise CloudUnreachable(f"cannot reach {self._base}: {_reason(exc)}") from None
         if response.status_code >= 400:
@@ -59,7 +95,7 @@ class C8y:
             return shape()
         try:
             answer = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, shape):
             raise CloudUnreachable(f"{method} {path}: the answer is not a JSON {'object' if shape is dict else 'array'} "
@@ -115,6 +151,14 @@ class C8y:
         if not all(isinstance(c, dict) and "id" in c for c in configs):
             raise CloudUnreachable("the configuration list holds something that is not a configuration")
         return configs
+
+    def notification(self, messages, read_timeout=None):
+        """Bayeux messages to the operations' real-time notification endpoint, and its answer
+        (WIRE.md section 3); a held connect gets a `read_timeout` that outlasts its hold."""
+        return self._call("POST", NOTIFICATIONS, body=messages, shape=list, read_timeout=read_timeout)
+
+    def close(self):
+        self._session.close()
 
     def set_status(self, operation_id, status, failure_reason=None):
         body = {"status": status}

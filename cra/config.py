@@ -26,6 +26,7 @@ class CloudAccess:
     ca_file: str = ""
     proxy: str = ""
     request_timeout: float = 30.0
+    keepalive: float = 30.0
 
     @property
     def websocket_url(self):
@@ -84,6 +85,7 @@ class Config:
     log: LogSettings
     device_name: str
     device_type: str
+    operations: str
     poll_interval: float
     max_backoff: float
     connect_timeout: float
@@ -108,8 +110,10 @@ OPTIONS = {
     ("c8y", "ca_file"): ("file", ""),
     ("c8y", "proxy"): ("proxy", ""),
     ("c8y", "request_timeout"): (float, 30.0),
+    ("c8y", "keepalive"): (float, 30.0),
     ("agent", "device_name"): (str, ""),
     ("agent", "device_type"): (str, "c8y_Linux"),
+    ("agent", "operations"): (("notifications", "polling"), "notifications"),
     ("agent", "poll_interval"): (float, 5.0),
     ("agent", "max_backoff"): (float, 60.0),
     ("agent", "connect_timeout"): (float, 10.0),

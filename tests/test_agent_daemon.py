@@ -74,9 +74,9 @@ def test_a_service_logs_to_its_file_and_rotates_it(cloud, start_service, users, 
     """The log directory is made, the file is rotated at max_bytes and only `backups` old ones are
     kept, so the log never takes more than (backups + 1) * max_bytes; nothing goes to stderr."""
     service = start_service(cloud, options={"log": {"max_bytes": "300", "backups": "2"}})
-    service.wait_for_log(r"device gw-001 is managed object")
-    device_id = cloud.device_id()
     logged = [service.log_path.with_name(name) for name in ("agent.log.2", "agent.log.1", "agent.log")]
+    wait_until(lambda: any("device gw-001 is managed object" in text(path) for path in logged), "the device in the log")
+    device_id = cloud.device_id()
     with EchoServer() as echo:
         config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
         for _ in range(6):  # two lines each, of about 100 bytes

@@ -16,7 +16,7 @@ from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform,
                          refused_port, text_answer, wait_for_log_count, wait_until)
 from support import DEVICE, SEED, wait_for_status
 
-from cra.agent import PROTOCOLS
+from cra.registration import PROTOCOLS
 from cra.c8y import C8y, CloudError, CloudUnreachable
 from cra.websocket_leg import WebSocketLegError, open_device_websocket
 

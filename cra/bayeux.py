@@ -1,0 +1,103 @@
+"""One Bayeux (CometD) long-polling session at the platform's operation notifications (WIRE.md
+section 3): handshake, subscribe to the device's channel, then connect after connect, each held by
+the platform until an operation for the device is created or its hold ends.
+
+What the platform says is sorted into three outcomes for whoever drives the session: operations,
+Lost (the session is gone: handshake again) and Refused (notifications are not to be had here:
+poll instead). Anything else is the REST layer's CloudError or CloudUnreachable.
+"""
+import itertools
+
+from cra.c8y import CloudError, CloudUnreachable
+
+HANDSHAKE = "/meta/handshake"
+SUBSCRIBE = "/meta/subscribe"
+CONNECT = "/meta/connect"
+DEFAULT_HOLD = 5400.0  # s: the platform's advised connect timeout, 5,400,000 ms
+MAX_HOLD = 7200.0  # s: the most the platform holds a connect
+# A held connect's read timeout is its hold and this much more: enough for the answer to travel,
+# little enough that an answer lost on the way costs no longer than a dead link found by keepalive.
+ANSWER_MARGIN = 10.0
+REFUSING_STATUSES = (403, 404)
+
+
+class Lost(Exception):
+    """The platform no longer knows the session (402::Unknown client, advice handshake)."""
+
+
+class Refused(Exception):
+    """The platform will not give this device notifications: the endpoint is missing or forbidden,
+    or it denied the handshake or the subscription, or advised not to reconnect."""
+
+
+class Session:
+    def __init__(self, c8y):
+        self._c8y = c8y
+        self._ids = itertools.count(1)
+        self.client_id = None
+        self.hold = DEFAULT_HOLD
+        self.interval = 0.0  # s to wait before the next connect, as advised
+        self.connected = False  # a connect has been answered since the handshake
+
+    def handshake(self):
+        reply = self._exchange({"channel": HANDSHAKE, "version": "1.0", "supportedConnectionTypes": ["long-polling"]})
+        if not isinstance(reply.get("clientId"), str) or not reply["clientId"]:
+            raise Refused("the handshake was answered without a clientId")
+        self.client_id, self.connected = reply["clientId"], False
+
+    def subscribe(self, device_id):
+        self._exchange({"channel": SUBSCRIBE, "clientId": self.client_id, "subscription": f"/{device_id}"})
+
+    def connect(self, device_id):
+        """The data of the messages for the device that this connect brought: its new operations."""
+        answer = self._post({"channel": CONNECT, "clientId": self.client_id, "connectionType": "long-polling"},
+                            read_timeout=self.hold + ANSWER_MARGIN)
+        self._check(answer, CONNECT)
+        self.connected = True
+        channel = f"/{device_id}"
+        return [m["data"] for m in answer if m.get("channel") == channel and isinstance(m.get("data"), dict)]
+
+    def _exchange(self, message):
+        return self._check(self._post(message), message["channel"])
+
+    def _post(self, message, read_timeout=None):
+        message = {**message, "id": str(next(self._ids))}
+        try:
+            answer = self._c8y.notification([message], read_timeout)
+        except CloudError as exc:
+            if exc.status in REFUSING_STATUSES:
+                raise Refused(str(exc)) from None
+            raise
+        if not all(isinstance(m, dict) for m in answer):
+            raise CloudUnreachable(f"{message['channel']}: the answer is not a list of Bayeux messages")
+        return answer
+
+    def _check(self, answer, channel):
+        """The reply to `channel` in the answer, once its advice is taken; Lost or Refused when unsuccessful."""
+        reply = next((m for m in answer if m.get("channel") == channel), None)
+        if reply is None:
+            raise CloudUnreachable(f"{channel}: the answer has no reply to it")
+        advice = reply.get("advice") if isinstance(reply.get("advice"), dict) else {}
+        self._take(advice)
+        if reply.get("successful") is True:
+            return reply
+        error = str(reply.get("error") or "no reason given")[:300]
+        if advice.get("reconnect") == "none":
+            raise Refused(f"{channel} refused: {error}; the platform advises not to reconnect")
+        if error.startswith("402::") or advice.get("reconnect") == "handshake":
+            self.client_id = None
+            raise Lost(f"{channel}: {error}")
+        if channel == CONNECT:
+            raise CloudUnreachable(f"{channel} failed: {error}")
+        raise Refused(f"{channel} refused: {error}")
+
+    def _take(self, advice):
+        timeout, interval = advice.get("timeout"), advice.get("interval")
+        if _number(timeout) and timeout > 0:
+            self.hold = min(timeout / 1000, MAX_HOLD)
+        if _number(interval) and interval >= 0:
+            self.interval = min(interval / 1000, MAX_HOLD)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
