@@ -39,19 +39,25 @@ class Session:
         self.interval = 0.0  # s to wait before the next connect, as advised
         self.connected = False  # a connect has been answered since the handshake
 
-    def handshake(self):
+    def open(self, device_id):
+        """Handshake and subscribe to the device's channel: both, or no session at all."""
         reply = self._exchange({"channel": HANDSHAKE, "version": "1.0", "supportedConnectionTypes": ["long-polling"]})
         if not isinstance(reply.get("clientId"), str) or not reply["clientId"]:
             raise Refused("the handshake was answered without a clientId")
         self.client_id, self.connected = reply["clientId"], False
+        try:
+            self._exchange({"channel": SUBSCRIBE, "clientId": self.client_id, "subscription": f"/{device_id}"})
+        except BaseException:
+            self.client_id = None
+            raise
 
-    def subscribe(self, device_id):
-        self._exchange({"channel": SUBSCRIBE, "clientId": self.client_id, "subscription": f"/{device_id}"})
-
-    def connect(self, device_id):
-        """The data of the messages for the device that this connect brought: its new operations."""
-        answer = self._post({"channel": CONNECT, "clientId": self.client_id, "connectionType": "long-polling"},
-                            read_timeout=self.hold + ANSWER_MARGIN)
+    def connect(self, device_id, hold=None):
+        """The data of the messages for the device that this connect brought: its new operations.
+        `hold` asks the platform to answer sooner than it would (0: at once)."""
+        message = {"channel": CONNECT, "clientId": self.client_id, "connectionType": "long-polling"}
+        if hold is not None:
+            message["advice"] = {"timeout": round(hold * 1000)}
+        answer = self._post(message, read_timeout=(self.hold if hold is None else min(hold, self.hold)) + ANSWER_MARGIN)
         self._check(answer, CONNECT)
         self.connected = True
         channel = f"/{device_id}"

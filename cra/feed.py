@@ -66,6 +66,10 @@ class Feed:
 
     def _switch(self, polling):
         self._polling = polling
+        self.relist()
+
+    def relist(self):
+        """One listing of the PENDING operations, as soon as next() is called."""
         self._queue.put(_LIST)
 
 
@@ -80,19 +84,24 @@ class _Listener:
 
     def run(self):
         session, failures, reason = Session(self._c8y), 0, None
+        resuming = False  # a connect failed on the way: what it carried may be lost
         while not self._feed._closed.is_set():
             try:
                 if session.client_id is None:
-                    session.handshake()
-                    session.subscribe(self._device_id)
+                    session.open(self._device_id)
                     self._listening()
-                for operation in session.connect(self._device_id):
+                    resuming = False
+                for operation in session.connect(self._device_id, hold=0 if resuming else None):
                     self._feed._deliver(operation)
-                failures = 0
+                if resuming:  # answered at once: the platform holds the session again, so a listing now misses nothing
+                    self._feed.relist()
+                failures, resuming = 0, False
                 self._wait(session.interval)
                 continue
             except Lost as exc:
-                if session.connected:  # a session that worked and was forgotten: a new one at once
+                if session.connected:
+                    log.info("operations: the platform no longer knows the notification session (%s); "
+                             "subscribing again", exc)
                     failures = 0
                     continue
                 failures, reason = failures + 1, str(exc)
@@ -100,8 +109,9 @@ class _Listener:
                 failures, reason = FAILURES_BEFORE_POLLING, str(exc)
             except (CloudError, CloudUnreachable) as exc:
                 failures, reason = failures + 1, str(exc)
+                resuming = session.client_id is not None
             if failures < FAILURES_BEFORE_POLLING:
-                self._wait(self._poll_interval if failures > 1 else 0)
+                self._wait(min(2 ** (failures - 1), self._first_retry))
             else:
                 session, failures = Session(self._c8y), 0
                 self._poll_until_retry(reason)

@@ -23,13 +23,18 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def read_object(request):
-    """The JSON object in the body; 400 when it is not one (NaN and Infinity are not JSON either)."""
+async def read_json(request):
+    """The JSON value in the body, null when it is empty; 400 when it is not JSON (NaN and Infinity are not JSON either)."""
     raw = await request.read()
     try:
-        body = json.loads(raw or b"null", parse_constant=_refuse_constant)
+        return json.loads(raw or b"null", parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise ApiError(400, "general/Bad Request", "The request body is not valid JSON.") from None
+
+
+async def read_object(request):
+    """The JSON object in the body; 400 when it is not one."""
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "general/Bad Request", "The request body must be a JSON object.")
     return body
