@@ -15,6 +15,7 @@ from cra.cloud import seed
 from cra.cloud.app import make_app
 from cra.cloud.configurations import warn_unreadable_secrets
 from cra.cloud.errors import loggable_path
+from cra.cloud.notifications import DEFAULT_HOLD, MAX_HOLD
 from cra.cloud.store import Store
 from cra.cloud.vault import Vault, VaultError
 
@@ -32,6 +33,11 @@ def parse_args(argv):
                         help="how long a client waits for its device, unless the tenant option remoteaccess.operation.timeout says otherwise (default: %(default)g)")
     parser.add_argument("--idle-timeout", type=_positive, default=3600.0, metavar="SECONDS",
                         help="close a session after this long without data (default: %(default)g, as remoteaccess.ws.idle.timeout)")
+    parser.add_argument("--notification-hold", type=_hold, default=DEFAULT_HOLD, metavar="SECONDS",
+                        help="hold a /meta/connect on /notification/operations this long when no operation comes "
+                             f"(default: %(default)g, the platform's; at most {MAX_HOLD:g})")
+    parser.add_argument("--without-notifications", action="store_true",
+                        help="answer POST /notification/operations with 404, as a tenant or proxy without it does")
     parser.add_argument("--encryption-password", default=os.environ.get("CRA_CLOUD_ENCRYPTION_PASSWORD"),
                         help="seal configuration secrets at rest (or CRA_CLOUD_ENCRYPTION_PASSWORD)")
     parser.add_argument("--encryption-salt", default=os.environ.get("CRA_CLOUD_ENCRYPTION_SALT"),
@@ -48,6 +54,13 @@ def _positive(text):
         value = 0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _hold(text):
+    value = _positive(text)
+    if value > MAX_HOLD:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_HOLD:g} seconds (the platform's largest timeout), not {text!r}")
     return value
 
 
@@ -74,7 +87,8 @@ def main(argv=None):
 
 
 async def serve(args, store, vault):
-    app = make_app(store, vault, args.operation_timeout, args.idle_timeout)
+    app = make_app(store, vault, args.operation_timeout, args.idle_timeout, args.notification_hold,
+                   not args.without_notifications)
     runner = web.AppRunner(app, access_log=log if args.verbose else None, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
@@ -93,6 +107,7 @@ async def serve(args, store, vault):
     await stop.wait()
     log.info("stopping: closing sessions")
     await site.stop()
+    app["notifications"].shutdown()
     await app["relay"].shutdown()
     await runner.cleanup()
     return 0

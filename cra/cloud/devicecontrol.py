@@ -61,7 +61,7 @@ async def get_operation(request):
 
 @routes.post("/devicecontrol/operations")
 async def create_operation(request):
-    principal, store = request["principal"], request.app["store"]
+    principal = request["principal"]
     require_user(principal)
     body = await read_object(request)
     device_id = whole_number(body["deviceId"]) if isinstance(body.get("deviceId"), (str, int)) else None
@@ -69,8 +69,15 @@ async def create_operation(request):
         raise unprocessable("devicecontrol", '"deviceId" must be the id of a device')
     visible_managed_object_by_id(request, device_id)
     fragments = {k: v for k, v in body.items() if k not in ("deviceId", "status", "failureReason", "id", "self")}
-    op = store.create_operation(principal.tenant, device_id, fragments)
+    op = new_operation(request, principal.tenant, device_id, fragments)
     return respond(render_operation(request, op), "operation", 201)
+
+
+def new_operation(request, tenant, device_id, fragments):
+    """A new PENDING operation, announced to the device's notification clients; every operation is made here."""
+    op = request.app["store"].create_operation(tenant, device_id, fragments)
+    request.app["notifications"].publish(tenant, op)
+    return op
 
 
 def visible_managed_object_by_id(request, mo_id):

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from cra.cloud.auth import require_remote_access_admin
 from cra.cloud.configurations import known_configuration
-from cra.cloud.devicecontrol import fail_operation
+from cra.cloud.devicecontrol import fail_operation, new_operation
 from cra.cloud.errors import masked, not_found
 from cra.cloud.inventory import visible_managed_object
 from cra.cloud.rest import path_id
@@ -93,7 +93,7 @@ class Relay:
         config = known_configuration(request, device_id)
         timeout = operation_timeout(self._store, principal.tenant, self._operation_timeout)
         key = str(uuid.uuid4())
-        operation = self._store.create_operation(principal.tenant, device_id, {
+        operation = new_operation(request, principal.tenant, device_id, {
             "description": f"Connect to {config['name']} ({config['hostname']}:{config['port']})",
             "c8y_RemoteAccessConnect": {"hostname": config["hostname"], "port": config["port"], "connectionKey": key}})
         client = _websocket()
