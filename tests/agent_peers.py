@@ -144,10 +144,13 @@ class EchoServer(_Acceptor):
 
 class CuttableLink(_Acceptor):
     """The agent's uplink: a TCP forwarder to the cloud that a test cuts (connections refused, open
-    ones dropped) and restores on the same port, while the cloud itself stays up for the user."""
+    ones dropped) and restores on the same port, while the cloud itself stays up for the user; or
+    stalls: the open connections go silent both ways and stay open, as through a NAT that forgot
+    them without a word, while new ones work."""
 
     def __init__(self, cloud_url):
         self._target = urlsplit(cloud_url).port
+        self._stalled = set()
         super().__init__(self._forward)
         self.url = f"http://{LOCALHOST}:{self.port}"
 
@@ -155,7 +158,25 @@ class CuttableLink(_Acceptor):
         upstream = self.connect_upstream(self._target)
         if upstream is None:
             return _shutdown(conn)
-        self.splice(conn, upstream)
+        self._start(self._copy, "down", upstream, conn)
+        self._copy(conn, upstream)
+
+    def _copy(self, source, target):
+        """_pipe, but what a stalled connection reads is dropped."""
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if source not in self._stalled and target not in self._stalled:
+                    target.sendall(data)
+        except OSError:
+            pass
+        _shutdown(target)
+
+    def stall(self):
+        with self._lock:
+            self._stalled.update(self._sockets)
 
     def cut(self):
         self.close()

@@ -1,0 +1,177 @@
+"""Operations pushed to the agent the moment a user connects (issue 11): real-time notifications
+over Bayeux long polling, against the real cra-cloud and the real agent.
+
+The agents here poll every 300 s when they poll at all: a session served within the test's
+bounded wait was served by a notification, or by the one listing after a subscription.
+"""
+import re
+import time
+
+from agent_peers import (CuttableLink, EchoServer, add_configuration, assert_tunnel_works, free_port, log_lines,
+                         wait_for_log_count, wait_until)
+from support import wait_for_status
+
+LISTENING = r"operations: real-time notifications from "
+UNAVAILABLE = r"operations: real-time notifications unavailable"
+LISTING = re.compile(r"GET /devicecontrol/operations\?\S*status=PENDING")
+QUIET = {"agent": {"poll_interval": "300", "max_backoff": "1"}}
+
+
+def listening_agent(make_agent, cloud, options=QUIET, **kwargs):
+    agent = make_agent(cloud, options=options, **kwargs)
+    agent.wait_for_log(LISTENING)
+    return agent
+
+
+def served(cloud, users, count=1):
+    """`count` users connecting at once to an echo service beside the gateway: each session's
+    operation SUCCESSFUL and its bytes back intact."""
+    device_id = cloud.device_id()
+    with EchoServer() as echo:
+        config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
+        opened = [users.connect(cloud, device_id, config_id) for _ in range(count)]
+        for user in opened:
+            op = wait_for_status(cloud, user.op_id)
+            assert op["status"] == "SUCCESSFUL", op.get("failureReason")
+            payload = f"session {user.op_id}".encode()
+            assert user.echo(payload) == payload
+            user.close()
+    return [user.op_id for user in opened]
+
+
+def handled_once(agent, op_ids):
+    for op_id in op_ids:
+        assert len(log_lines(agent, rf"tunnel {op_id} open:")) == 1, agent.log()
+
+
+def test_a_session_is_served_by_notification_without_polling(cloud, make_agent, users):
+    """The user's click reaches a quiet agent at once: it polls every 300 s, yet serves the session."""
+    agent = listening_agent(make_agent, cloud)
+    handled_once(agent, served(cloud, users))
+    assert not log_lines(agent, UNAVAILABLE)
+    assert "Traceback" not in agent.log()
+
+
+def test_operations_created_between_two_connects_are_all_served_once(make_cloud, make_agent, users):
+    """Five users at once: the first operation answers the held connect, the others are created
+    before the agent's next connect arrives, so the cloud must keep them for it; a short hold makes
+    connects come and go meanwhile. Each session is handled once, however it reached the agent."""
+    cloud = make_cloud(args=["--notification-hold", "0.5"])
+    agent = listening_agent(make_agent, cloud)
+    handled_once(agent, served(cloud, users, count=5))
+    time.sleep(1.5)  # three more connects, held and answered empty
+    handled_once(agent, served(cloud, users, count=2))
+    assert not log_lines(agent, UNAVAILABLE)
+
+
+def test_operations_seen_both_pushed_and_listed_are_handled_once(make_cloud, make_agent, users):
+    """Sessions opened while the agent subscribes reach it twice, pushed and in the listing that
+    follows the subscription; each is still opened once, and no second EXECUTING is attempted."""
+    cloud = make_cloud(args=["-v"])
+    device_id = cloud.device_id()
+    with EchoServer() as echo:
+        config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
+        agent = make_agent(cloud, options=QUIET)
+        opened = []
+        deadline = time.monotonic() + 20
+        while not log_lines(agent, LISTENING) and time.monotonic() < deadline:
+            opened.append(users.connect(cloud, device_id, config_id))
+            time.sleep(0.1)
+        opened.append(users.connect(cloud, device_id, config_id))
+        for user in opened:
+            assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
+    handled_once(agent, [user.op_id for user in opened])
+    for user in opened:
+        assert len(re.findall(rf"PUT /devicecontrol/operations/{user.op_id} ", cloud.log())) == 2  # EXECUTING, SUCCESSFUL
+    assert "422" not in agent.log()
+
+
+def test_after_a_cloud_restart_the_agent_subscribes_again_and_loses_nothing(make_cloud, make_agent, users):
+    """The platform restarts and forgets its clients: the agent's next connect is answered
+    402::Unknown client, it handshakes and subscribes again, and a session opened before it had
+    done so is served all the same."""
+    cloud = make_cloud(port=free_port())
+    agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "300", "max_backoff": "3"}})
+    cloud.restart()
+    handled_once(agent, served(cloud, users))
+    agent.wait_for_log(r"the platform no longer knows the notification session \(.*402::Unknown client")
+    wait_for_log_count(agent, LISTENING, 2)
+    assert not log_lines(agent, UNAVAILABLE)
+    assert "Traceback" not in agent.log()
+
+
+def test_a_connect_dropped_mid_hold_is_made_again_and_nothing_is_lost(cloud, make_agent, users):
+    """A relay on the way drops the held connect: the agent connects again at once, and a session
+    opened right after is served."""
+    with CuttableLink(cloud.url) as link:
+        agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
+        link.cut()
+        link.restore()
+        handled_once(agent, served(cloud, users))
+        assert not log_lines(agent, UNAVAILABLE)
+
+
+def test_a_connect_that_goes_silent_is_given_up_after_its_hold_and_nothing_is_lost(make_cloud, make_agent, users):
+    """A NAT forgets the held connect without a word: nothing arrives, not even the hold's end.
+    The agent gives up a little after the hold, connects again and lists what it may have missed,
+    so a session opened during the silence is served then."""
+    cloud = make_cloud(args=["--notification-hold", "2"])
+    with CuttableLink(cloud.url) as link:
+        agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
+        time.sleep(0.5)  # the first connect, answered at once, and the second, now held
+        link.stall()
+        device_id = cloud.device_id()
+        with EchoServer() as echo:
+            user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
+            # the hold (2 s) and the margin (10 s) pass before the agent knows; the operation times
+            # out on the cloud after 30 s
+            assert wait_for_status(cloud, user.op_id, timeout=25)["status"] == "SUCCESSFUL"
+            assert user.echo(b"after the silence") == b"after the silence"
+        assert not log_lines(agent, UNAVAILABLE)
+
+
+def test_the_connections_to_the_cloud_have_tcp_keepalive(cloud, make_agent):
+    """A dead link is found by the kernel's keepalive probes within 2 x [c8y] keepalive: the held
+    connect's socket runs the keepalive timer (/proc/net/tcp, timer 2), due within those seconds."""
+    agent = listening_agent(make_agent, cloud, options={"c8y": {"keepalive": "7"}, **QUIET})
+    time.sleep(1)
+    port = int(cloud.url.rsplit(":", 1)[1])
+    timers = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        remote, state, (timer, when) = fields[2], fields[3], fields[5].split(":")
+        if int(remote.split(":")[1], 16) == port and state == "01":  # the agent's end, established
+            timers.append((int(timer, 16), int(when, 16)))
+    assert timers, "no connection from the agent to the cloud"
+    assert all(timer == 2 and when <= 7 * 100 for timer, when in timers), timers  # in USER_HZ ticks
+
+
+def test_polling_takes_over_when_the_endpoint_is_missing_and_hands_back(make_cloud, make_agent, users):
+    """A tenant or a proxy without the endpoint (404): the agent says so once, polls every
+    poll_interval, and tries notifications again with backoff until they work."""
+    cloud = make_cloud(port=free_port(), args=["-v", "--without-notifications"])
+    agent = make_agent(cloud, options={"agent": {"poll_interval": "0.2", "max_backoff": "1"}})
+    line = agent.wait_for_log(UNAVAILABLE)
+    assert "404" in line and "polling every 0.2 s and trying notifications again in 1 s" in line, line
+    assert_tunnel_works(cloud, users)
+    time.sleep(2.5)  # two more tries, refused
+    assert len(log_lines(agent, UNAVAILABLE)) == 1
+
+    cloud.args = ["-v"]
+    cloud.restart()
+    agent.wait_for_log(r"operations: real-time notifications work again; polling stopped", timeout=30)
+    time.sleep(0.5)
+    listed = len(LISTING.findall(cloud.log()))
+    time.sleep(1)
+    assert len(LISTING.findall(cloud.log())) == listed  # no more polling every 0.2 s
+    handled_once(agent, served(cloud, users))
+
+
+def test_operations_polling_never_asks_for_notifications(make_cloud, make_agent, users):
+    """[agent] operations = polling keeps the agent of before: a listing every poll_interval."""
+    cloud = make_cloud(args=["-v"])
+    agent = make_agent(cloud, options={"agent": {"operations": "polling"}})
+    agent.wait_for_log(r"operations: polling every 0.2 s")
+    assert_tunnel_works(cloud, users)
+    wait_until(lambda: len(LISTING.findall(cloud.log())) >= 5, "five listings")
+    assert "/notification/operations" not in cloud.log()
