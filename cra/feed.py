@@ -81,6 +81,7 @@ class _Listener:
         self._device_id = feed._device_id
         self._poll_interval, self._first_retry = config.poll_interval, config.max_backoff
         self._retry_wait = self._first_retry
+        self._subscribed_before = False
 
     def run(self):
         session, failures, reason = Session(self._c8y), 0, None
@@ -121,8 +122,9 @@ class _Listener:
         if self._feed._polling:
             log.info("operations: real-time notifications work again; polling stopped")
             self._retry_wait = self._first_retry
-        else:
+        elif not self._subscribed_before:
             log.info("operations: real-time notifications from %s/notification/operations", self._url)
+        self._subscribed_before = True
         self._feed._switch(polling=False)
 
     def _poll_until_retry(self, reason):
