@@ -98,12 +98,12 @@ async def serve(args, store, vault):
         print(f"cra-cloud: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         await runner.cleanup()
         return 1
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before the line that tells a supervisor it may signal
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     host, port = runner.addresses[0][:2]
     print(f"cra-cloud {__version__} listening on http://{_url_host(host)}:{port} "
           f"(state in {args.db}, secrets {'sealed' if vault.encrypting else 'not encrypted'})", flush=True)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping: closing sessions")
     await site.stop()
