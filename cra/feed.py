@@ -23,6 +23,9 @@ _CLOSED = object()
 
 
 class Feed:
+    """What the agent loop consumes: next() blocks until there may be operations, then gives them.
+    Pushed ones come through a queue from the listener's thread, which also asks for listings."""
+
     def __init__(self, c8y, access, device_id, config):
         self._c8y, self._device_id = c8y, device_id
         self._poll_interval = config.poll_interval

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent_peers import (LOCALHOST, EchoServer, HttpProxy, TlsTerminator, add_configuration, log_lines,
-                         operation, wait_for_log_count, wait_until)
+                         operation, wait_for_log_count)
 from support import wait_for_status
 
 NETWORK_ENVIRONMENT = ["http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUESTS_CA_BUNDLE",
@@ -201,7 +201,8 @@ def test_rest_and_the_tunnel_go_through_the_proxy(cloud, make_agent, proxies, us
 def test_a_proxy_that_refuses_the_tunnel_fails_the_operation_saying_so(cloud, make_agent, proxies, users, echo):
     """A site proxy that passes plain requests but refuses CONNECT lets the device register while
     every tunnel fails: the operation must say it was the proxy (and what it answered), so the
-    user asks the site's network admin rather than debugging the gateway; the agent goes on polling."""
+    user asks the site's network admin rather than debugging the gateway; the agent takes the next
+    operation as it took the first."""
     proxy = proxies(refuse_connect=True)
     agent = start_agent(make_agent, cloud, {"proxy": proxy.url})
     user = connect_to_echo(cloud, users, echo)
@@ -211,7 +212,7 @@ def test_a_proxy_that_refuses_the_tunnel_fails_the_operation_saying_so(cloud, ma
     assert re.search(r"proxy", failed["failureReason"], re.I) and "403" in failed["failureReason"], failed
     assert ("CONNECT", urlsplit(cloud.url).netloc) in proxy.handled
 
-    polls = len(proxy.handled)
-    wait_until(lambda: len(proxy.handled) > polls + 2, "the agent polling on after the failure", timeout=SETTLE)
+    again = wait_for_status(cloud, connect_to_echo(cloud, users, echo).op_id, timeout=SETTLE)
+    assert again["status"] == "FAILED" and "403" in again["failureReason"], again
     assert agent.proc.poll() is None
     assert "Traceback" not in agent.log()

@@ -132,7 +132,7 @@ def test_a_connect_that_goes_silent_is_given_up_after_its_hold_and_nothing_is_lo
 def test_the_connections_to_the_cloud_have_tcp_keepalive(cloud, make_agent):
     """A dead link is found by the kernel's keepalive probes within 2 x [c8y] keepalive: the held
     connect's socket runs the keepalive timer (/proc/net/tcp, timer 2), due within those seconds."""
-    agent = listening_agent(make_agent, cloud, options={"c8y": {"keepalive": "7"}, **QUIET})
+    listening_agent(make_agent, cloud, options={"c8y": {"keepalive": "7"}, **QUIET})
     time.sleep(1)
     port = int(cloud.url.rsplit(":", 1)[1])
     timers = []

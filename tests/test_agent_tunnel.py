@@ -219,7 +219,7 @@ def test_no_descriptor_or_thread_outlives_its_tunnel(cloud, make_agent, serve, w
     server = serve(echo)
     agent = make_agent(cloud, options={"c8y": {"url": tap.url}})
     config_id = configure(cloud, server.port)
-    agent.wait_for_log(r"device gw-001 is managed object")
+    agent.wait_for_log(r"operations: real-time notifications from")
 
     def footprint():
         return open_fds(agent.proc.pid, except_ports=tap.rest_ports), threads_of(agent.proc.pid)
