@@ -182,7 +182,10 @@ class Agent:
         except (CloudError, CloudUnreachable) as exc:
             log.warning("operation %s: %s", op_id, exc)
             with self._lock:
-                self._seen.pop(op_id, None)  # still PENDING, maybe: the next listing may take it up again
+                self._seen.pop(op_id, None)  # still PENDING, maybe: a listing takes it up again
+            feed = self._feed
+            if feed:
+                feed.relist()
         finally:
             with self._lock:
                 self._tunnels.pop(op_id, None)
