@@ -4,8 +4,9 @@ An agent that keeps one /meta/connect outstanding learns of a new operation at o
 its next poll. The cloud holds that connect until an operation for a subscribed device is created
 or the hold runs out; operations created while no connect is held wait in the client's queue for
 the next one, so none is lost between two connects. Where the platform's documentation is silent,
-the answers are CometD 3.1's, whose error strings ("402::Unknown client", "403::Handshake denied")
-the platform's are. Clients live in memory only: after a restart every clientId is unknown.
+the answers are CometD's, of the versions (2.x to 3.1) whose error strings ("402::Unknown client",
+"403::Handshake denied") the platform's are. Clients live in memory only: after a restart every
+clientId is unknown.
 """
 import asyncio
 import itertools
@@ -30,7 +31,7 @@ DEFAULT_HOLD = 5400.0  # seconds: the platform's advice timeout of 5 400 000 ms
 MAX_HOLD = 7200.0  # the largest timeout the platform's documentation allows
 MAX_INTERVAL = 10.0  # CometD's maxInterval: a client whose next connect does not come within it is gone
 CLIENTS_PER_USER_AND_CHANNEL = 10  # the platform's default, "per user, subscription channel and server node"
-SUPERSEDED_STATUS = 408  # CometD's answer to a held connect that a newer connect of its client replaced
+SUPERSEDED_STATUS = 408  # CometD 2's answer to a held connect that a newer connect of its client replaced
 
 UNKNOWN_CLIENT = "402::Unknown client"
 HANDSHAKE_DENIED = "403:{}:Handshake denied"
@@ -120,10 +121,10 @@ class Notifications:
             if client is None:
                 answer.append(unknown_client(message))
             elif channel == CONNECT:
-                messages_out = await self._connect(request, client, message, alone=len(messages) == 1)
-                if messages_out is SUPERSEDED:
+                connect_answer = await self._connect(request, client, message, alone=len(messages) == 1)
+                if connect_answer == SUPERSEDED:
                     return web.Response(status=SUPERSEDED_STATUS)
-                answer.extend(messages_out)
+                answer.extend(connect_answer)
             elif channel == SUBSCRIBE:
                 answer.append(self._subscribe(request, client, message))
             elif channel == UNSUBSCRIBE:
