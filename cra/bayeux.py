@@ -79,20 +79,25 @@ class Session:
         return answer
 
     def _check(self, answer, channel):
-        """The reply to `channel` in the answer, once its advice is taken; Lost or Refused when unsuccessful."""
+        """The reply to `channel` in the answer, once its advice is taken; Lost or Refused when the
+        session cannot go on as it is (402 is acted on before any advice, as CometD clients do)."""
         reply = next((m for m in answer if m.get("channel") == channel), None)
         if reply is None:
             raise CloudUnreachable(f"{channel}: the answer has no reply to it")
         advice = reply.get("advice") if isinstance(reply.get("advice"), dict) else {}
         self._take(advice)
-        if reply.get("successful") is True:
-            return reply
-        error = str(reply.get("error") or "no reason given")[:300]
-        if advice.get("reconnect") == "none":
-            raise Refused(f"{channel} refused: {error}; the platform advises not to reconnect")
-        if error.startswith("402::") or advice.get("reconnect") == "handshake":
+        successful = reply.get("successful") is True
+        error = "" if successful else str(reply.get("error") or "no reason given")[:300]
+        if error.startswith("402::") or (not successful and advice.get("reconnect") == "handshake"):
             self.client_id = None
             raise Lost(f"{channel}: {error}")
+        if advice.get("reconnect") == "none":
+            self.client_id = None
+            raise Refused(f"{channel}: the platform ended the session and advises not to reconnect"
+                          + (f" ({error})" if error else " (it ends a user's oldest one past 10 on a channel: "
+                                                          "do other agents use these credentials?)"))
+        if successful:
+            return reply
         if channel == CONNECT:
             raise CloudUnreachable(f"{channel} failed: {error}")
         raise Refused(f"{channel} refused: {error}")

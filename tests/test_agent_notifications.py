@@ -9,7 +9,7 @@ import time
 
 from agent_peers import (CuttableLink, EchoServer, add_configuration, assert_tunnel_works, free_port, log_lines,
                          wait_until)
-from support import wait_for_status
+from support import DEVICE, wait_for_status
 
 LISTENING = r"operations: real-time notifications from "
 UNAVAILABLE = r"operations: real-time notifications unavailable"
@@ -174,3 +174,26 @@ def test_operations_polling_never_asks_for_notifications(make_cloud, make_agent,
     assert_tunnel_works(cloud, users)
     wait_until(lambda: len(LISTING.findall(cloud.log())) >= 5, "five listings")
     assert "/notification/operations" not in cloud.log()
+
+
+def test_a_session_ended_by_the_platform_s_connection_limit_is_not_fought_over(cloud, make_agent, users):
+    """The platform keeps 10 notification clients per user and channel and ends the oldest past
+    that, advising it not to reconnect: the agent polls instead, saying why, rather than pushing
+    another client out at once, and serves sessions meanwhile."""
+    agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "0.2", "max_backoff": "30"}})
+    session = cloud.api(DEVICE)
+    for _ in range(10):
+        client_id = bayeux(session, {"channel": "/meta/handshake", "version": "1.0",
+                                     "supportedConnectionTypes": ["long-polling"]})["clientId"]
+        assert bayeux(session, {"channel": "/meta/subscribe", "clientId": client_id,
+                                "subscription": f"/{cloud.device_id()}"})["successful"] is True
+    line = agent.wait_for_log(UNAVAILABLE)
+    assert "advises not to reconnect" in line and "do other agents use these credentials?" in line, line
+    handled_once(agent, served(cloud, users))
+    assert len(log_lines(agent, LISTENING)) == 1
+
+
+def bayeux(session, message):
+    answer = session.post("/notification/operations", json=[message])
+    assert answer.status_code == 200, answer.text
+    return next(m for m in answer.json() if m["channel"] == message["channel"])
