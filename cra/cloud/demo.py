@@ -179,7 +179,7 @@ def main(argv=None):
             ports[config["name"]] = first_line(connect, "cra-connect", r"listening on 127\.0\.0\.1:(\d+)")
         print(f"""
 cra-cloud    {url}  tenant t100, user admin / admin-pw (device gw-001: device_gw-001 / dev-pw)
-cra-agent    device gw-001, polling every second
+cra-agent    device gw-001, operations by real-time notification (polling every second when unavailable)
 web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['web']}:
                curl http://127.0.0.1:{ports['web']}/""")
         if sshd:
