@@ -13,13 +13,14 @@ from collections import OrderedDict
 
 from cra.bootstrap import WAITING, CredentialsFileError
 from cra.c8y import C8y, CloudError, CloudUnreachable
-from cra.endpoint import EndpointError, SerialPorts, open_tcp
+from cra.endpoint import SerialPorts
 from cra.feed import Feed
+from cra.legs import LegsFailed, open_legs, tell_user
 from cra.operation import InvalidOperation, masked, parse
 from cra.registration import register
 from cra.signin import CredentialsRejected, configured, sign_in
 from cra.tunnel import Tunnel
-from cra.websocket_leg import WebSocketLegError, open_device_websocket, tls_context
+from cra.websocket_leg import tls_context
 
 log = logging.getLogger("cra.agent")
 
@@ -202,12 +203,13 @@ class Agent:
                 self._tunnels[op_id] = None  # the slot is taken while the legs open
         if full:
             reason = f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)"
-            self._tell_user(request, reason)
+            tell_user(request, self.access, reason, self.config.connect_timeout)
             return self._fail(op_id, reason)
         self.c8y.set_status(op_id, "EXECUTING")
-        endpoint, ws, reasons = self._open_legs(request)
-        if reasons:
-            return self._fail(op_id, "; ".join(reasons))
+        try:
+            endpoint, ws = open_legs(request, self.access, self._serial_ports, self.config.connect_timeout)
+        except LegsFailed as exc:
+            return self._fail(op_id, str(exc))
         tunnel = Tunnel(endpoint, ws, f"tunnel-{op_id}", self.config.ping_interval)
         with self._lock:
             self._tunnels[op_id] = tunnel
@@ -223,42 +225,6 @@ class Agent:
         log.info("tunnel %s closed: %s, %d bytes to the cloud, %d bytes from the cloud, %.1f s: %s",
                  op_id, endpoint.name, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
 
-    def _open_legs(self, request):
-        """Both legs at once, each with its own timeout: (endpoint, websocket, reasons either failed)."""
-        legs, reasons = {}, []
-        serial_port = self._serial_ports.mapped(request.hostname, request.port)
-
-        def open_endpoint():
-            try:
-                if serial_port:
-                    legs["endpoint"] = self._serial_ports.open(serial_port)
-                else:
-                    legs["endpoint"] = open_tcp(request.hostname, request.port, self.config.connect_timeout, request.target)
-            except EndpointError as exc:
-                reasons.append(str(exc))
-
-        opener = threading.Thread(target=open_endpoint, name=f"connect-{request.operation_id}", daemon=True)
-        opener.start()
-        try:
-            legs["ws"] = open_device_websocket(self.access, request.connection_key, self.config.connect_timeout)
-        except WebSocketLegError as exc:
-            reasons.append(str(exc))
-        opener.join()
-        if len(legs) < 2 and not reasons:
-            reasons.append(f"cannot connect to {request.target}: the connection attempt failed")
-        if reasons and "endpoint" in legs:
-            legs["endpoint"].close()
-        if reasons and "ws" in legs:
-            _close_with_reason(legs["ws"], "; ".join(reasons))
-        return legs.get("endpoint"), legs.get("ws"), reasons
-
-    def _tell_user(self, request, reason):
-        """Close the cloud leg with the reason at once, rather than leave the user's tool waiting for its timeout."""
-        try:
-            _close_with_reason(open_device_websocket(self.access, request.connection_key, self.config.connect_timeout), reason)
-        except WebSocketLegError as exc:
-            log.debug("operation %s: could not tell the user why: %s", request.operation_id, exc)
-
     def _fail(self, op_id, reason):
         log.warning("operation %s FAILED: %s", op_id, reason)
         self.c8y.set_status(op_id, "FAILED", reason)
@@ -271,8 +237,3 @@ def _identity(config):
 
 def _feed_settings(config):
     return config.operations, config.poll_interval, config.max_backoff
-
-
-def _close_with_reason(ws, reason):
-    """1011 and the reason, which the cloud passes on to the user's tool."""
-    ws.close(status=1011, reason=reason.encode()[:123])

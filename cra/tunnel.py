@@ -18,6 +18,7 @@ import websocket
 from websocket import ABNF
 
 from cra.frames import CHUNK, send_binary
+from cra.websocket_leg import CLOSE_REASON_BYTES
 
 CLOSE_WAIT = 2.0
 DATA_OPCODES = (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT, ABNF.OPCODE_CONT)
@@ -72,7 +73,7 @@ class Tunnel:
         finally:
             if self._close_code is not None:
                 try:
-                    self.ws.send_close(self._close_code, self.reason.encode()[:123])
+                    self.ws.send_close(self._close_code, self.reason.encode()[:CLOSE_REASON_BYTES])
                 except (OSError, websocket.WebSocketException):
                     pass
             if not self._cloud_reader_done.wait(CLOSE_WAIT):

@@ -16,6 +16,7 @@ from cra.operation import masked
 # A proxy is used for every host: websocket-client, given no exceptions, falls back to its own
 # (localhost, 127.0.0.1), so it is given one that names no host.
 NO_EXCEPTIONS = ["no-proxy-exceptions.invalid"]
+CLOSE_REASON_BYTES = 123  # what a close frame has room for after its code
 DEVICE_REFUSALS = {
     401: "check the device credentials ([c8y] user/password or token)",
     403: "the device user may not open remote access tunnels",
