@@ -21,14 +21,18 @@ from pathlib import Path
 
 import psutil
 
-from bench import report
+from bench import feed, report
 from bench.rig import DEVICES, ROOT, WSACCEL, Cloud, Direct, Floor, WebSocketSide, usage
 from bench.traffic import Target, open_tunnels, ping_pong, setup_time, stream
 
+# feed_*, idle_*: notifications against polling (bench/feed.py): set-up sessions per mode and
+# transport; the idle cloud's connect hold, the idle window and the settling before it, in seconds.
 FULL = dict(runs=3, warmup=0.5, window=2.0, rounds=1000, rtt_limit=3.0, ladder=(1, 10, 100),
-            scale_window=3.0, poll=0.2, setup_polls=(0.05, 0.5, 2.0), setup_samples=8)
+            scale_window=3.0, poll=0.2, setup_polls=(0.05, 0.5, 2.0), setup_samples=8,
+            feed_samples=20, idle_hold=20.0, idle_window=120.0, idle_settle=90.0)
 QUICK = dict(runs=1, warmup=0.3, window=1.0, rounds=200, rtt_limit=1.0, ladder=(1, 10, 20),
-             scale_window=1.0, poll=0.2, setup_polls=(0.05, 0.5), setup_samples=3)
+             scale_window=1.0, poll=0.2, setup_polls=(0.05, 0.5), setup_samples=3,
+             feed_samples=5, idle_hold=5.0, idle_window=10.0, idle_settle=0.0)
 SETTLE = 1.0  # seconds for a device side to settle before its memory is read
 SIZES = (1, 64)
 POLLING = ("cra-agent", "DeviceProxy", "websocat")  # the sides with their own crowd and set-up figures
@@ -52,6 +56,7 @@ def main(argv=None):
         for tls in (False, True):
             results["wss" if tls else "ws"] = transport(plan, workdir, cloud, target, tls)
         results["setup"] = setup_times(plan, workdir, cloud, target)
+        results["feed"] = feed_figures(plan, workdir, cloud, target)
     finally:
         if cloud:
             cloud.stop()
@@ -140,13 +145,14 @@ def crowd(plan, cloud, target, side, direction):
 
 
 def setup_times(plan, workdir, cloud, target):
-    """Operation created -> first byte through, for each polling device side and poll interval."""
+    """Operation created -> first byte through, for each polling device side and poll interval
+    (cra-agent with `operations = polling`, so that it polls as the peers' driver does)."""
     figures = {name: {} for name in POLLING}
     rng = random.Random(7)
     for poll in plan["setup_polls"]:
         for name in POLLING:
             print(f"[setup] {name}, polling every {poll:g} s", flush=True)
-            side = WebSocketSide(name, workdir, cloud, False, poll, 20)
+            side = WebSocketSide(name, workdir, cloud, False, poll, 20, operations="polling")
             try:
                 ping_pong(side.connect, 1, 1, 5)  # registered, polling, and its first tunnel done
                 samples = []
@@ -164,6 +170,40 @@ def setup_times(plan, workdir, cloud, target):
     return figures
 
 
+def feed_figures(plan, workdir, cloud, target):
+    """Notifications against polling (bench/feed.py): set-up times on the run's cloud while the idle
+    agents, on a cloud of their own with a short connect hold, are counted."""
+    idle_cloud, agents = feed.start_idle(plan, workdir, target.port)
+    try:
+        setup, logs = feed.setup_figures(plan, workdir, cloud, target, random.Random(11), _wait_closed)
+        print("[feed] waiting for the idle window to end", flush=True)
+        idle = feed.idle_figures(plan, agents)
+    finally:
+        feed.stop_idle(idle_cloud, agents)
+    for transport, modes in idle.items():
+        for mode, figures in modes.items():
+            if "error" in figures:
+                _warn(f"idle cra-agent, {mode} over {transport}: {figures['error']}")
+            _check_feed(f"idle cra-agent, {mode} over {transport}", mode, figures["log"])
+    for transport, modes in logs.items():
+        for mode, lines in modes.items():
+            _check_feed(f"set-up cra-agent, {mode} over {transport}", mode, lines)
+    return {"setup": setup, "setup_logs": logs, "idle": idle, "hold": plan["idle_hold"]}
+
+
+def _check_feed(who, mode, lines):
+    """A warning in the report when an agent did not take its operations the way it was set to."""
+    if mode == "notifications" and any("notifications unavailable" in line for line in lines):
+        _warn(f"{who} fell back to polling: {next(line for line in lines if 'unavailable' in line)}")
+    if mode == "notifications" and not any("real-time notifications from" in line for line in lines):
+        _warn(f"{who} never said it listens to real-time notifications; its log: {lines[-3:]}")
+
+
+def _warn(warning):
+    print(f"WARNING {warning}", flush=True)
+    WARNINGS.append(warning)
+
+
 def _wait_closed(target, side):
     """Wait until the device side has closed every tunnel; one that stays open is reported with
     the process at its end, and the run goes on (the side's stop ends it)."""
@@ -171,9 +211,7 @@ def _wait_closed(target, side):
         return
     owners = {c.laddr.port: c.pid for c in psutil.net_connections("tcp") if c.laddr and c.pid}
     left = [f"{what} from port {peer}, {_name(owners.get(peer))}" for peer, what in list(target.live.values())]
-    warning = f"{side.name}: {len(left)} connections to the target still open a minute after their tunnels were closed: {'; '.join(left[:5])}"
-    print(f"WARNING {warning}", flush=True)
-    WARNINGS.append(warning)
+    _warn(f"{side.name}: {len(left)} connections to the target still open a minute after their tunnels were closed: {'; '.join(left[:5])}")
 
 
 def _name(pid):

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from bench import feed_report  # noqa: E402
+
 BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"
 MB, GiB, MiB, KiB = 1e6, 2**30, 2**20, 2**10
 AGENT, WSACCEL, PROXY, WEBSOCAT, FLOOR, DIRECT = (
@@ -104,7 +106,8 @@ def markdown(results, summary):
         f"Command: `{results['command']}` (that is, `.venv-bench/bin/python -m bench{' --quick' if results['quick'] else ''}`). "
         f"Each figure is the median of {plan['runs']} runs, interleaved across the sides; throughput is counted where "
         f"the bytes arrive, over {plan['window']:g} s after {plan['warmup']:g} s of warm-up; round trips are "
-        f"{plan['rounds']} ping-pongs (at most {plan['rtt_limit']:g} s) per run; the device sides poll every {plan['poll']:g} s. "
+        f"{plan['rounds']} ping-pongs (at most {plan['rtt_limit']:g} s) per run; DeviceProxy and websocat poll every "
+        f"{plan['poll']:g} s, cra-agent takes its operations as by default (real-time notifications). "
         "cra-agent + wsaccel is the same agent with wsaccel importable (websocket-client then masks frames in C).",
         "",
     ]
@@ -180,11 +183,14 @@ def markdown(results, summary):
               f"ws, {plan['setup_samples']} tunnels per cell at random points of the poll cycle: median (min-max), and "
               "beyond = mean - interval/2, the side's own set-up once the poll has seen the operation (noisy where the "
               "interval is long). DeviceProxy and websocat are driven by the bench's poll loop (bench/driver.py), so "
-              "theirs is the set-up of their connect, not of a poll loop of their own.", "",
+              "theirs is the set-up of their connect, not of a poll loop of their own; cra-agent runs with "
+              "`[agent] operations = polling` here, so that all three poll alike (notifications: below).", "",
               "| device side | " + " | ".join(f"poll {p:g} s | beyond" for p in polls) + " |", "|---|" + "---:|" * 2 * len(polls)]
     for name, cells in summary["setup"].items():
         lines.append(f"| {name} | " + " | ".join(f"{c['median']:.3f} ({c['min']:.3f}-{c['max']:.3f}) | {c['beyond']:.3f}"
                                                  for c in cells.values()) + " |")
+    if "feed" in results:
+        lines += feed_report.markdown(results["feed"], plan)
     lines += ["", "![throughput and CPU](bench/throughput.png)", "![round trips](bench/rtt.png)",
               "![memory](bench/memory.png)", "![all tunnels at once](bench/scale.png)", "![set-up](bench/setup.png)"]
     return "\n".join(lines)
@@ -243,6 +249,9 @@ def plots(results, summary, folder):
     ax.set_title("ws: set-up time, s (median, min-max)", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, folder / "setup.png")
+
+    if "feed" in results:
+        feed_report.plot(results["feed"], feed_report.summarize(results["feed"]), plt, folder / "feed.png")
 
 
 def write(results, out):

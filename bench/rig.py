@@ -28,6 +28,10 @@ PYTHON = sys.executable
 ADMIN = ("t100/admin", "admin-pw")
 DEVICES = {"cra-agent": "gw-agent", "cra-agent + wsaccel": "gw-agent-wsaccel", "DeviceProxy": "gw-proxy",
            "websocat": "gw-websocat"}
+# The agents of the notifications-against-polling figures (bench/feed.py), a device each, so that
+# no Bayeux client an earlier agent left subscribed on the cloud shares their channel.
+FEED_DEVICES = [f"gw-{what}-{mode}-{transport}" for what in ("setup", "idle") for mode in ("notifications", "polling")
+                for transport in ("ws", "wss")]
 # wsaccel, installed apart (make bench: pip install --target), so that only the agent started with it
 # on its path masks frames in C; websocket-client picks it up by itself when it can import it.
 WSACCEL = Path(sys.executable).parent.parent / "wsaccel"
@@ -103,19 +107,22 @@ class Cloud:
     each with a configuration "target" that points at the bench's target; and, for wss, stunnel in
     front of it (cra-cloud serves plain HTTP only; docs/cloud.md)."""
 
-    def __init__(self, workdir, target_port):
+    def __init__(self, workdir, target_port, name="cra-cloud", options=()):
+        """`options`: more of cra-cloud's flags (--notification-hold for the idle figures)."""
+        self.workdir = workdir
         seed = {"tenant": "t100",
                 "users": [{"user": "admin", "password": "admin-pw", "roles": ["ROLE_REMOTE_ACCESS_ADMIN"]}]
-                + [{"user": f"device_{d}", "password": "dev-pw", "device": d} for d in DEVICES.values()],
+                + [{"user": f"device_{d}", "password": "dev-pw", "device": d} for d in self.external_ids()],
                 "devices": [{"externalId": d, "name": d, "configurations": [
                     {"name": "target", "hostname": "127.0.0.1", "port": target_port, "protocol": "PASSTHROUGH"}]}
-                    for d in DEVICES.values()]}
-        (workdir / "seed.json").write_text(json.dumps(seed))
-        self.program = Program("cra-cloud", [PYTHON, "-m", "cra.cloud", "--port", "0", "--db", str(workdir / "cloud.db"),
-                                             "--seed", str(workdir / "seed.json")], workdir, pipe=True)
+                    for d in self.external_ids()]}
+        (workdir / f"{name}-seed.json").write_text(json.dumps(seed))
+        self.program = Program(name, [PYTHON, "-m", "cra.cloud", "--port", "0", "--db", str(workdir / f"{name}.db"),
+                                      "--seed", str(workdir / f"{name}-seed.json"), *options], workdir, pipe=True)
         self.url = self.program.first_line().split()[4]  # "cra-cloud 0.1.0 listening on http://127.0.0.1:PORT ..."
+        self.port = int(self.url.rsplit(":", 1)[1])
         try:
-            self._front(workdir)
+            self._front(workdir, name)
         except BaseException:
             self.program.stop()
             raise
@@ -123,22 +130,36 @@ class Cloud:
         self.api.auth = ADMIN
         self.api.headers["Accept"] = "application/json"
 
-    def _front(self, workdir):
-        self.cert, self.key = workdir / "cert.pem", workdir / "key.pem"
+    @staticmethod
+    def external_ids():
+        return list(DEVICES.values()) + FEED_DEVICES
+
+    def _front(self, workdir, name):
+        self.cert, self.key = workdir / f"{name}-cert.pem", workdir / f"{name}-key.pem"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(self.key), "-out", str(self.cert)],
                        check=True, capture_output=True)
         # What the device sides trust: the system's CAs and the bench's own, as big a file as a
         # real device loads, so that what loading it costs per connection shows.
-        self.ca_file = workdir / "ca.pem"
+        self.ca_file = workdir / f"{name}-ca.pem"
         self.ca_file.write_text((SYSTEM_CAS.read_text() if SYSTEM_CAS.exists() else "") + self.cert.read_text())
-        tls_port = free_port()
-        (workdir / "stunnel.conf").write_text(
-            f"foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n[cloud]\n"
-            f"accept = 127.0.0.1:{tls_port}\nconnect = {self.url.split('//')[1]}\ncert = {self.cert}\nkey = {self.key}\n")
-        self.front = Program("stunnel", ["stunnel4", str(workdir / "stunnel.conf")], workdir)
-        wait_for_port(tls_port, self.front.proc, "stunnel", START_TIMEOUT)
+        self.front, tls_port = self.tls_front(f"{name}-stunnel", self.port)
         self.tls_url = f"https://127.0.0.1:{tls_port}"
+
+    def tls_front(self, name, upstream):
+        """stunnel with the cloud's certificate, ending TLS and passing the bytes to 127.0.0.1:upstream
+        (the cloud, or a counting relay in front of it): (its Program, its port)."""
+        tls_port = free_port()
+        (self.workdir / f"{name}.conf").write_text(
+            f"foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n[cloud]\n"
+            f"accept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{upstream}\ncert = {self.cert}\nkey = {self.key}\n")
+        front = Program(name, ["stunnel4", str(self.workdir / f"{name}.conf")], self.workdir)
+        try:
+            wait_for_port(tls_port, front.proc, "stunnel", START_TIMEOUT)
+        except BaseException:
+            front.stop()
+            raise
+        return front, tls_port
 
     def get(self, path):
         response = self.api.get(self.url + path, timeout=30)
@@ -195,27 +216,35 @@ class Floor(Side):
 
 class WebSocketSide(Side):
     """A device side behind cra-cloud: each user's end is a WebSocket to the relay's client endpoint
-    for the device's configuration, so a new session and a new operation."""
+    for the device's configuration, so a new session and a new operation. `operations` sets the
+    agent's [agent] operations (None: its default, notifications); `device` another external id
+    than the side's own."""
 
-    def __init__(self, name, workdir, cloud, tls, poll, max_tunnels):
+    def __init__(self, name, workdir, cloud, tls, poll, max_tunnels, operations=None, device=None):
         self.name = name
-        external_id = DEVICES[name]
+        external_id = device or DEVICES[name]
         device_id, config_id = cloud.device(external_id)
         url, ca_file = (cloud.tls_url, str(cloud.ca_file)) if tls else (cloud.url, None)
         tag = f"{external_id}-{'wss' if tls else 'ws'}-{poll:g}"
-        cloud_port = int(cloud.url.rsplit(":", 1)[1])
         path = f"/service/remoteaccess/client/{device_id}/configurations/{config_id}"
-        self.connect = lambda: websocket(cloud_port, path, basic(*ADMIN))
+        self.connect = lambda: websocket(cloud.port, path, basic(*ADMIN))
         if name.startswith("cra-agent"):
-            conf = workdir / f"{tag}.conf"
-            conf.write_text(f"[c8y]\nurl = {url}\ntenant = t100\nuser = device_{external_id}\npassword = dev-pw\n"
-                            f"external_id = {external_id}\n" + (f"ca_file = {ca_file}\n" if ca_file else "")
-                            + f"[agent]\npoll_interval = {poll:g}\nmax_tunnels = {max_tunnels}\n")
-            device = Program(tag, [PYTHON, str(ROOT / "cra_agent.py"), "-c", str(conf), "--foreground"], workdir,
-                             env={"PYTHONPATH": str(WSACCEL)} if name.endswith("wsaccel") else None)
+            agent = {"poll_interval": f"{poll:g}", "max_tunnels": max_tunnels, **({"operations": operations} if operations else {})}
+            device = agent_program(workdir, tag, url, external_id, ca_file, agent,
+                                   env={"PYTHONPATH": str(WSACCEL)} if name.endswith("wsaccel") else None)
         else:
             device = Program(tag, [PYTHON, "-m", "bench.driver", "--kind", name.lower(), "--url", url,
                                    "--user", f"t100/device_{external_id}", "--password", "dev-pw",
                                    "--device-id", device_id, "--poll", f"{poll:g}"]
                              + (["--ca-file", ca_file] if ca_file else []), workdir)
         self.programs = (device,)
+
+
+def agent_program(workdir, tag, url, external_id, ca_file, agent_options, env=None):
+    """The real cra-agent (cra_agent.py -c FILE --foreground) for a seeded device, its [agent]
+    section from `agent_options`; its log is workdir/TAG.log."""
+    conf = workdir / f"{tag}.conf"
+    conf.write_text(f"[c8y]\nurl = {url}\ntenant = t100\nuser = device_{external_id}\npassword = dev-pw\n"
+                    f"external_id = {external_id}\n" + (f"ca_file = {ca_file}\n" if ca_file else "")
+                    + "[agent]\n" + "".join(f"{key} = {value}\n" for key, value in agent_options.items()))
+    return Program(tag, [PYTHON, str(ROOT / "cra_agent.py"), "-c", str(conf), "--foreground"], workdir, env=env)
