@@ -75,8 +75,9 @@ bench-tools:
 	@command -v stunnel4 >/dev/null && command -v openssl >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 openssl; }
 
-# cra-agent beside DeviceProxy, websocat and a plain Python relay, all on 127.0.0.1, about 10 minutes;
-# writes docs/BENCHMARKS.md (between its markers) and docs/bench/. QUICK=1: a short run into build/bench/.
+# cra-agent beside DeviceProxy, websocat and a plain Python relay, and its notifications against polling,
+# all on 127.0.0.1, about 15 minutes; writes docs/BENCHMARKS.md (between its markers) and docs/bench/.
+# QUICK=1: a short run into build/bench/.
 bench: .venv-bench/.installed .venv-bench/wsaccel bench-tools
 	.venv-bench/bin/python -m bench $(if $(QUICK),--quick)
 
