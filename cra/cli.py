@@ -1,6 +1,7 @@
 """cra-agent's command line: options, logging, signals and exit codes (0 clean stop, 2 bad config, 1 otherwise)."""
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from cra.config import ConfigError, env_name, load
 log = logging.getLogger("cra.agent")
 THREAD_STACK = 256 * 1024
 DEFAULT_CONFIG = "/etc/cra-agent/cra-agent.conf"
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def parse_args(argv):
@@ -45,46 +47,32 @@ def main(argv=None):
     except (ConfigError, logs.LogError) as exc:
         print(f"cra-agent: {exc}", file=sys.stderr)
         return 2
+    # Only the main thread takes these, in sigwait below: a handler would run only once the main thread
+    # woke up, which it does not when the kernel hands the signal to another thread (issue 13).
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     from cra.agent import Agent
     threading.stack_size(THREAD_STACK)
     warn_about(config)
-    wake, stopping, hangup = threading.Event(), threading.Event(), threading.Event()
-
-    def on_stop(*_):
-        stopping.set()
-        wake.set()
-
-    def on_hangup(*_):
-        hangup.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hangup)
     agent = Agent(config)
     crashed = []
 
-    def poll():
+    def run():
         try:
             agent.run()
         except Exception:
             log.exception("the agent failed; stopping")
             crashed.append(True)
-            on_stop()
+            os.kill(os.getpid(), signal.SIGTERM)
 
     log.info("cra-agent %s starting for device %s at %s; frames masked in %s", __version__, config.external_id,
              config.cloud.url, "C (wsaccel)" if frames.XorMaskerSimple else "Python (install wsaccel for less CPU)")
-    poller = threading.Thread(target=poll, name="poll", daemon=True)
-    poller.start()
-    while not stopping.is_set():
-        wake.wait()
-        wake.clear()
-        if hangup.is_set() and not stopping.is_set():
-            hangup.clear()
-            reload(agent, args)
+    runner = threading.Thread(target=run, name="agent", daemon=True)
+    runner.start()
+    while signal.sigwait(SIGNALS) == signal.SIGHUP:
+        reload(agent, args)
     log.info("stopping: closing tunnels")
     agent.shutdown()
-    poller.join(1)
+    runner.join(1)
     return 1 if crashed else 0
 
 
