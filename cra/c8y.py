@@ -181,7 +181,7 @@ def _error_message(response):
     try:
         body = response.json()
         message = body.get("message") or body.get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         message = None
     return str(message)[:300] if message else (response.reason or "no reason given")
 
