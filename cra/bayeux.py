@@ -13,6 +13,7 @@ from cra.c8y import CloudError, CloudUnreachable
 HANDSHAKE = "/meta/handshake"
 SUBSCRIBE = "/meta/subscribe"
 CONNECT = "/meta/connect"
+LONG_POLLING = "long-polling"
 DEFAULT_HOLD = 5400.0  # s: the platform's advised connect timeout, 5,400,000 ms
 MAX_HOLD = 7200.0  # s: the most the platform holds a connect
 # A held connect's read timeout is its hold and this much more: enough for the answer to travel,
@@ -41,7 +42,7 @@ class Session:
 
     def open(self, device_id):
         """Handshake and subscribe to the device's channel: both, or no session at all."""
-        reply = self._exchange({"channel": HANDSHAKE, "version": "1.0", "supportedConnectionTypes": ["long-polling"]})
+        reply = self._exchange({"channel": HANDSHAKE, "version": "1.0", "supportedConnectionTypes": [LONG_POLLING]})
         if not isinstance(reply.get("clientId"), str) or not reply["clientId"]:
             raise Refused("the handshake was answered without a clientId")
         self.client_id, self.connected = reply["clientId"], False
@@ -54,7 +55,7 @@ class Session:
     def connect(self, device_id, hold=None):
         """The data of the messages for the device that this connect brought: its new operations.
         `hold` asks the platform to answer sooner than it would (0: at once)."""
-        message = {"channel": CONNECT, "clientId": self.client_id, "connectionType": "long-polling"}
+        message = {"channel": CONNECT, "clientId": self.client_id, "connectionType": LONG_POLLING}
         if hold is not None:
             message["advice"] = {"timeout": round(hold * 1000)}
         answer = self._post(message, read_timeout=(self.hold if hold is None else min(hold, self.hold)) + ANSWER_MARGIN)
