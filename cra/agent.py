@@ -39,7 +39,9 @@ class Agent:
         self._feed = None
         self._signed_in = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends a wait of the agent's thread: a stop or a reload
         self._lock = threading.Lock()
+        self._reloaded = None  # a configuration for the agent's thread to take
         self._seen = OrderedDict()
         self._tunnels = {}
         self._threads = []
@@ -48,16 +50,27 @@ class Agent:
         self._waiting_told = None
 
     def run(self):
-        """Until shutdown(): start (again after a reload that needs it), then dispatch what the feed brings."""
+        """Until shutdown(): start (again after a reload), then dispatch what the feed brings."""
         while not self._stop.is_set():
+            with self._lock:
+                config, self._reloaded = self._reloaded, None
+            if config:
+                self._apply(config)
             if not self._attempt(self._dispatch_next if self._feed else self._start):
-                self._stop.wait(self._backoff())
+                self._wait(self._backoff())
 
     def reload(self, config):
-        """Take a re-read configuration; open tunnels go on as they are. A change of tenant, device
-        or credentials signs in and registers again before the next operation is taken."""
+        """Take a re-read configuration, in the agent's own thread at its next step, so that no step
+        meets half of it; open tunnels go on as they are."""
+        with self._lock:
+            self._reloaded = config
+        self._wake.set()
+        self._end_feed()
+
+    def _apply(self, config):
+        """A change of tenant, device or credentials signs in and registers again; the feed starts
+        anew in any case, with the settings it may have been given."""
         restart = _identity(config) != _identity(self.config)
-        new_feed = restart or _feed_settings(config) != _feed_settings(self.config)
         self._serial_ports.remap(config.serial_ports)
         tls_context.cache_clear()  # a renewed CA file counts from the next tunnel on
         self.config = config
@@ -65,8 +78,7 @@ class Agent:
             self._use(configured(config))
             self._signed_in = False
             self.device_id = None
-        if new_feed:
-            self._end_feed()
+        self._end_feed()
         log.info("configuration reloaded%s", "; signing in and registering again" if restart else "")
 
     def shutdown(self):
@@ -75,6 +87,7 @@ class Agent:
         Called from another thread than run(), which may be inside a request that takes its time.
         """
         self._stop.set()
+        self._wake.set()
         self._end_feed()
         with self._lock:
             tunnels = [t for t in self._tunnels.values() if t is not None]
@@ -93,7 +106,7 @@ class Agent:
         except (CloudError, CloudUnreachable, CredentialsFileError, CredentialsRejected) as exc:
             self._failures += 1
             if isinstance(exc, CloudError) and exc.status == 401:
-                exc = self._signin.rejected(self.config.cloud.url)
+                exc = self._credentials.rejected(self.config.cloud.url)
             if isinstance(exc, CredentialsRejected):
                 if not self._credentials_reported:
                     log.error("%s; retrying every %g s at most", exc, self.config.max_backoff)
@@ -114,7 +127,7 @@ class Agent:
     def _start(self):
         """Everything before the first operation; all of it again when a step fails."""
         self._sign_in()
-        if self._stop.is_set():
+        if not self._signed_in:
             return
         if self.device_id is None:
             self.device_id = register(self.c8y, self.config)
@@ -126,7 +139,7 @@ class Agent:
         if self._signed_in:
             return
         signed_in = sign_in(self.config, self._not_accepted_yet)
-        if signed_in is None:
+        if signed_in is None:  # stopping, or reloaded
             return
         if signed_in.received:
             log.info("device credentials received: user %s of tenant %s", signed_in.access.user, signed_in.access.tenant)
@@ -140,16 +153,22 @@ class Agent:
 
     def _use(self, signed_in):
         """REST calls and tunnels from now on: the configured credentials, or the device's own."""
-        self._signin, self.access = signed_in, signed_in.access
+        self._credentials, self.access = signed_in, signed_in.access
         self.c8y = C8y(signed_in.access)
 
     def _not_accepted_yet(self):
-        """Said at once and then every WAITING_EVERY; True to ask again after poll_interval, False once stopping."""
+        """Said at once and then every WAITING_EVERY; True to ask again after poll_interval, False
+        once stopping or reloaded."""
         if self._waiting_told is None or time.monotonic() - self._waiting_told >= WAITING_EVERY:
             log.info("%s: register external id %s there (Devices > Registration) and accept it", WAITING,
                      self.config.external_id)
             self._waiting_told = time.monotonic()
-        return not self._stop.wait(self.config.poll_interval)
+        self._wait(self.config.poll_interval)
+        return not (self._stop.is_set() or self._reloaded)
+
+    def _wait(self, seconds):
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def _end_feed(self):
         feed, self._feed = self._feed, None
@@ -183,10 +202,7 @@ class Agent:
         except (CloudError, CloudUnreachable) as exc:
             log.warning("operation %s: %s", op_id, exc)
             with self._lock:
-                self._seen.pop(op_id, None)  # still PENDING, maybe: a listing takes it up again
-            feed = self._feed
-            if feed:
-                feed.relist()
+                self._seen.pop(op_id, None)  # still PENDING, maybe: the next listing takes it up again
         finally:
             with self._lock:
                 self._tunnels.pop(op_id, None)
@@ -234,6 +250,3 @@ def _identity(config):
     """What the agent signs in and registers as: when any of it changes, it does both again."""
     return config.cloud, config.bootstrap, config.external_id, config.device_name, config.device_type
 
-
-def _feed_settings(config):
-    return config.operations, config.poll_interval, config.max_backoff

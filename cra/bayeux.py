@@ -13,6 +13,7 @@ from cra.c8y import CloudError, CloudUnreachable
 HANDSHAKE = "/meta/handshake"
 SUBSCRIBE = "/meta/subscribe"
 CONNECT = "/meta/connect"
+DISCONNECT = "/meta/disconnect"
 LONG_POLLING = "long-polling"
 DEFAULT_HOLD = 5400.0  # s: the platform's advised connect timeout, 5,400,000 ms
 MAX_HOLD = 7200.0  # s: the most the platform holds a connect
@@ -38,31 +39,45 @@ class Session:
         self.client_id = None
         self.hold = DEFAULT_HOLD
         self.interval = 0.0  # s to wait before the next connect, as advised
-        self.connected = False  # a connect has been answered since the handshake
+        self._answered = False  # a connect since the handshake: the platform answers the first at once
 
     def open(self, device_id):
         """Handshake and subscribe to the device's channel: both, or no session at all."""
         reply = self._exchange({"channel": HANDSHAKE, "version": "1.0", "supportedConnectionTypes": [LONG_POLLING]})
         if not isinstance(reply.get("clientId"), str) or not reply["clientId"]:
             raise Refused("the handshake was answered without a clientId")
-        self.client_id, self.connected = reply["clientId"], False
+        self.client_id, self._answered = reply["clientId"], False
         try:
             self._exchange({"channel": SUBSCRIBE, "clientId": self.client_id, "subscription": f"/{device_id}"})
         except BaseException:
-            self.client_id = None
+            self.forget()
             raise
 
     def connect(self, device_id, hold=None):
-        """The data of the messages for the device that this connect brought: its new operations.
-        `hold` asks the platform to answer sooner than it would (0: at once)."""
+        """(the data of the messages for the device that this connect brought: its new operations,
+        whether the platform held it: a session that works). `hold` asks it to answer sooner than
+        it would (0: at once)."""
         message = {"channel": CONNECT, "clientId": self.client_id, "connectionType": LONG_POLLING}
-        if hold is not None:
+        if hold is None:
+            hold = self.hold
+        else:
             message["advice"] = {"timeout": round(hold * 1000)}
-        answer = self._post(message, read_timeout=(self.hold if hold is None else min(hold, self.hold)) + ANSWER_MARGIN)
+        answer = self._post(message, read_timeout=min(hold, self.hold) + ANSWER_MARGIN)
         self._check(answer, CONNECT)
-        self.connected = True
+        held, self._answered = self._answered and "advice" not in message, True
         channel = f"/{device_id}"
-        return [m["data"] for m in answer if m.get("channel") == channel and isinstance(m.get("data"), dict)]
+        return [m["data"] for m in answer if m.get("channel") == channel and isinstance(m.get("data"), dict)], held
+
+    def disconnect(self):
+        """Tell the platform the session is over, so that it answers a connect held for it; no
+        answer is as good as any here."""
+        try:
+            self._post({"channel": DISCONNECT, "clientId": self.client_id})
+        except (CloudError, CloudUnreachable, Refused):
+            pass
+
+    def forget(self):
+        self.client_id, self._answered = None, False
 
     def _exchange(self, message):
         return self._check(self._post(message), message["channel"])
@@ -81,7 +96,7 @@ class Session:
 
     def _check(self, answer, channel):
         """The reply to `channel` in the answer, once its advice is taken; Lost or Refused when the
-        session cannot go on as it is (402 is acted on before any advice, as CometD clients do)."""
+        session cannot go on as it is (a 402 whatever the reconnect advice, as CometD clients do)."""
         reply = next((m for m in answer if m.get("channel") == channel), None)
         if reply is None:
             raise CloudUnreachable(f"{channel}: the answer has no reply to it")
@@ -90,10 +105,10 @@ class Session:
         successful = reply.get("successful") is True
         error = "" if successful else str(reply.get("error") or "no reason given")[:300]
         if error.startswith("402::") or (not successful and advice.get("reconnect") == "handshake"):
-            self.client_id = None
+            self.forget()
             raise Lost(f"{channel}: {error}")
         if advice.get("reconnect") == "none":
-            self.client_id = None
+            self.forget()
             raise Refused(f"{channel}: the platform ended the session and advises not to reconnect"
                           + (f" ({error})" if error else " (it ends a user's oldest one past 10 on a channel: "
                                                           "do other agents use these credentials?)"))
@@ -104,12 +119,15 @@ class Session:
         raise Refused(f"{channel} refused: {error}")
 
     def _take(self, advice):
-        timeout, interval = advice.get("timeout"), advice.get("interval")
-        if _number(timeout) and timeout > 0:
-            self.hold = min(timeout / 1000, MAX_HOLD)
-        if _number(interval) and interval >= 0:
-            self.interval = min(interval / 1000, MAX_HOLD)
+        timeout, interval = _seconds(advice.get("timeout")), _seconds(advice.get("interval"))
+        if timeout:
+            self.hold = timeout
+        if interval is not None:
+            self.interval = interval
 
 
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _seconds(milliseconds):
+    """Seconds, at most MAX_HOLD, for an advice's milliseconds; None when they are not a number."""
+    if not isinstance(milliseconds, (int, float)) or isinstance(milliseconds, bool) or not milliseconds >= 0:
+        return None
+    return min(milliseconds, MAX_HOLD * 1000) / 1000

@@ -16,6 +16,7 @@ MEDIA = "application/vnd.com.nsn.cumulocity.{}+json"
 CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
 NOTIFICATIONS = "/notification/operations"
 KEEPALIVE_PROBES = 3
+KEEPALIVE_MAX = 32767  # s: the most Linux takes for TCP_KEEPIDLE
 
 
 class CloudUnreachable(Exception):
@@ -41,7 +42,7 @@ def keepalive_options(idle):
     proxy dropped without a word is found dead within 2 x `idle` seconds (the probes also keep such
     a NAT's entry alive), instead of waiting for an answer that cannot come."""
     options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    seconds = max(1, round(idle))
+    seconds = min(max(1, round(idle)), KEEPALIVE_MAX)
     for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // KEEPALIVE_PROBES)),
                         ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
         if hasattr(socket, name):  # Linux has all three; other systems fewer

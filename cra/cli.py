@@ -89,9 +89,10 @@ def reload(agent, args):
 
 
 def warn_about(config):
-    if config.operations == "polling" and config.poll_interval >= 30:
-        log.warning("[agent] poll_interval %g s is not under the platform's 30 s operation timeout: "
-                    "users' sessions may time out before the agent sees them", config.poll_interval)
+    if config.poll_interval >= 30:
+        log.warning("[agent] poll_interval %g s is not under the platform's 30 s operation timeout: users' "
+                    "sessions may time out before the agent sees them%s", config.poll_interval,
+                    "" if config.operations == "polling" else " while real-time notifications are unavailable")
 
 
 def run_check(path):

@@ -2,20 +2,23 @@
 (operations pushed the moment they are created, over a Bayeux long poll held on a thread of its
 own), or polling every poll_interval, which is also the way back whenever notifications fail.
 
-Nothing created while the agent was not listening is lost: every (re)subscription, and every
-switch to polling, is followed by one listing of the PENDING operations over REST. An operation
-may so be seen twice, pushed and listed; the agent handles each id once.
+Nothing created while the agent was not listening is lost: the feed's start, every
+(re)subscription, every resumed session and every switch to polling is followed by one listing
+of the PENDING operations over REST. An operation may so be seen twice, pushed and listed; the
+agent handles each id once.
 """
 import logging
 import queue
 import threading
 
 from cra.bayeux import Lost, Refused, Session
-from cra.c8y import CONNECT_FRAGMENT, C8y, CloudError, CloudUnreachable
+from cra.c8y import CONNECT_FRAGMENT, NOTIFICATIONS, C8y, CloudError, CloudUnreachable
 
 log = logging.getLogger("cra.agent")
 
-FAILURES_BEFORE_POLLING = 3  # failed attempts in a row, without a connect answered, before polling takes over
+# Failures in a row, with no held connect answered in between, before polling takes over: with the
+# waits between them (0, 1, 2, 4 s) a platform that restarts within about 7 s is not polled.
+FAILURES_BEFORE_POLLING = 5
 RETRY_MAX = 3600.0  # s: the longest wait between two tries to get notifications back
 
 _LIST = object()  # list PENDING operations over REST now
@@ -27,18 +30,18 @@ class Feed:
     Pushed ones come through a queue from the listener's thread, which also asks for listings."""
 
     def __init__(self, c8y, access, device_id, config):
-        self._c8y, self._device_id = c8y, device_id
+        self._c8y, self.device_id = c8y, device_id
         self._poll_interval = config.poll_interval
         self._queue = queue.Queue()
-        self._closed = threading.Event()
+        self.closed = threading.Event()
         self._list_due = True
         self._polling = config.operations == "polling"
+        self._listener = None
         if self._polling:
             log.info("operations: polling every %g s ([agent] operations = polling)", self._poll_interval)
         else:
-            self._list_due = False
-            listener = _Listener(self, C8y(access), access.url, config)
-            threading.Thread(target=listener.run, name="notifications", daemon=True).start()
+            self._listener = _Listener(self, C8y(access), access.url, config)
+            threading.Thread(target=self._listener.run, name="notifications", daemon=True).start()
 
     def next(self):
         """The operations to look at now: waits until there may be some, or close(). A failed
@@ -53,27 +56,35 @@ class Feed:
             if item is not _LIST:
                 return [item]
             self._list_due = True
-        operations = self._c8y.connect_operations(self._device_id, "PENDING")
+        operations = self._c8y.connect_operations(self.device_id, "PENDING")
         self._list_due = False
         return operations
 
     def close(self):
-        """Ends next() and the listener; a connect the listener holds is left to end by itself."""
-        self._closed.set()
+        """Ends next() and the listener, whose session is ended on the platform too, so that its held
+        connect is answered and its thread ends; this returns at once."""
+        self.closed.set()
         self._queue.put(_CLOSED)
+        if self._listener:
+            threading.Thread(target=self._listener.disconnect, name="notifications-end", daemon=True).start()
 
-    def _deliver(self, operation):
+    def deliver(self, operation):
         """A pushed operation, if it is one the listing would give: the channel carries all of the device's."""
-        if operation.get("status") == "PENDING" and CONNECT_FRAGMENT in operation and not self._closed.is_set():
+        if operation.get("status") == "PENDING" and CONNECT_FRAGMENT in operation and not self.closed.is_set():
             self._queue.put(operation)
-
-    def _switch(self, polling):
-        self._polling = polling
-        self.relist()
 
     def relist(self):
         """One listing of the PENDING operations, as soon as next() is called."""
         self._queue.put(_LIST)
+
+    def poll(self, polling):
+        """Poll every poll_interval from now on, or stop polling; a listing either way."""
+        self._polling = polling
+        self.relist()
+
+    @property
+    def polling(self):
+        return self._polling
 
 
 class _Listener:
@@ -81,67 +92,88 @@ class _Listener:
 
     def __init__(self, feed, c8y, url, config):
         self._feed, self._c8y, self._url = feed, c8y, url
-        self._device_id = feed._device_id
+        self._session = Session(c8y)
         self._poll_interval, self._first_retry = config.poll_interval, config.max_backoff
         self._retry_wait = self._first_retry
         self._subscribed_before = False
 
     def run(self):
-        session, failures, reason = Session(self._c8y), 0, None
+        try:
+            self._listen()
+        except Exception:  # a bug here must not leave the agent deaf: it polls instead
+            log.exception("operations: the notification listener failed; polling every %g s from now on",
+                          self._poll_interval)
+            self._feed.poll(True)
+        finally:
+            self._c8y.close()
+
+    def disconnect(self):
+        if self._session.client_id is not None:
+            self._session.disconnect()
+
+    def _listen(self):
+        feed, session, failures = self._feed, self._session, 0
         resuming = False  # a connect failed on the way: what it carried may be lost
-        while not self._feed._closed.is_set():
+        while not feed.closed.is_set():
             try:
                 if session.client_id is None:
-                    session.open(self._device_id)
+                    session.open(feed.device_id)
+                    if feed.closed.is_set():
+                        break
                     self._listening()
                     resuming = False
-                for operation in session.connect(self._device_id, hold=0 if resuming else None):
-                    self._feed._deliver(operation)
+                operations, held = session.connect(feed.device_id, hold=0 if resuming else None)
+                for operation in operations:
+                    feed.deliver(operation)
                 if resuming:  # answered at once: the platform holds the session again, so a listing now misses nothing
-                    self._feed.relist()
-                failures, resuming = 0, False
+                    feed.relist()
+                if held:
+                    failures = 0
+                resuming = False
                 self._wait(session.interval)
                 continue
-            except Lost as exc:
-                if session.connected:
-                    log.info("operations: the platform no longer knows the notification session (%s); "
-                             "subscribing again", exc)
-                    failures = 0
-                    continue
-                failures, reason = failures + 1, str(exc)
             except Refused as exc:
-                failures, reason = FAILURES_BEFORE_POLLING, str(exc)
+                failures, error = FAILURES_BEFORE_POLLING, exc
+            except Lost as exc:
+                log.info("operations: the platform no longer knows the notification session (%s); subscribing again", exc)
+                failures, error = failures + 1, exc
             except (CloudError, CloudUnreachable) as exc:
-                failures, reason = failures + 1, str(exc)
+                failures, error = failures + 1, exc
                 resuming = session.client_id is not None
+            if feed.closed.is_set():
+                break
             if failures < FAILURES_BEFORE_POLLING:
-                self._wait(min(2 ** (failures - 1), self._first_retry))
+                if not isinstance(error, Lost):
+                    (log.info if failures == 1 else log.debug)("operations: %s; connecting again", error)
+                backoff = 0 if failures == 1 else min(2 ** (failures - 2), self._first_retry)
+                self._wait(max(session.interval, backoff))
             else:
-                session, failures = Session(self._c8y), 0
-                self._poll_until_retry(reason)
-        self._c8y.close()
+                session.forget()
+                failures, resuming = 0, False
+                self._poll_until_retry(error)
 
     def _listening(self):
-        if self._feed._polling:
+        if self._feed.polling:
             log.info("operations: real-time notifications work again; polling stopped")
             self._retry_wait = self._first_retry
         elif not self._subscribed_before:
-            log.info("operations: real-time notifications from %s/notification/operations", self._url)
+            log.info("operations: real-time notifications from %s%s", self._url, NOTIFICATIONS)
         self._subscribed_before = True
-        self._feed._switch(polling=False)
+        self._feed.poll(False)
 
-    def _poll_until_retry(self, reason):
-        """Polling, told once; then, waiting longer each time, notifications tried again until one
-        session is up or the feed is closed."""
-        if not self._feed._polling:
+    def _poll_until_retry(self, error):
+        """Polling, told once; then notifications tried again after a wait that doubles while the
+        platform keeps refusing them (not while it cannot be reached: polling needs it as much)."""
+        if not self._feed.polling:
             log.warning("operations: real-time notifications unavailable (%s); polling every %g s and "
-                        "trying notifications again in %g s", reason, self._poll_interval, self._retry_wait)
-            self._feed._switch(polling=True)
+                        "trying notifications again in %g s", error, self._poll_interval, self._retry_wait)
+            self._feed.poll(True)
         else:
-            log.debug("operations: real-time notifications still unavailable (%s)", reason)
+            log.debug("operations: real-time notifications still unavailable (%s)", error)
         self._wait(self._retry_wait)
-        self._retry_wait = min(self._retry_wait * 2, RETRY_MAX)
+        if not isinstance(error, CloudUnreachable):
+            self._retry_wait = min(self._retry_wait * 2, RETRY_MAX)
 
     def _wait(self, seconds):
         if seconds:
-            self._feed._closed.wait(seconds)
+            self._feed.closed.wait(seconds)
