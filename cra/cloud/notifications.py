@@ -191,7 +191,7 @@ class Notifications:
         advice = message.get("advice")
         asked = advice.get("timeout") if isinstance(advice, dict) else None
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 0:
-            return min(self._hold, asked / 1000)
+            return min(self._hold * 1000, asked) / 1000
         return self._hold
 
     def _take_queue(self, request, client):
@@ -210,10 +210,11 @@ class Notifications:
         if channels is None:
             return failed(reply, SUBSCRIPTION_INVALID)
         reply["subscription"] = message["subscription"]
-        for channel in channels:
-            device_channel, error = self._device_channel(request["principal"], channel)
-            if error:
-                return failed(reply, error)
+        device_channels = [self._device_channel(request["principal"], channel) for channel in channels]
+        error = next((error for _, error in device_channels if error), None)
+        if error:
+            return failed(reply, error)
+        for device_channel, _ in device_channels:
             self._add_subscriber(client, device_channel)
         reply["successful"] = True
         return reply
