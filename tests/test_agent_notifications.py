@@ -4,7 +4,9 @@ over Bayeux long polling, against the real cra-cloud and the real agent.
 The agents here poll every 300 s when they poll at all: a session served within the test's
 bounded wait was served by a notification, or by the one listing after a subscription.
 """
+import os
 import re
+import signal
 import time
 
 from agent_peers import (CuttableLink, EchoServer, add_configuration, assert_tunnel_works, free_port, log_lines,
@@ -44,10 +46,15 @@ def handled_once(agent, op_ids):
         assert len(log_lines(agent, rf"tunnel {op_id} open:")) == 1, agent.log()
 
 
-def test_a_session_is_served_by_notification_without_polling(cloud, make_agent, users):
-    """The user's click reaches a quiet agent at once: it polls every 300 s, yet serves the session."""
+def test_a_session_is_served_by_notification_without_polling(make_cloud, make_agent, users):
+    """The user's click reaches a quiet agent at once: it polls every 300 s, and it lists no
+    operations after the two listings of its start, yet it serves the session."""
+    cloud = make_cloud(args=["-v"])
     agent = listening_agent(make_agent, cloud)
+    wait_until(lambda: len(LISTING.findall(cloud.log())) >= 2, "the listings at start and after subscribing")
+    listed = len(LISTING.findall(cloud.log()))
     handled_once(agent, served(cloud, users))
+    assert len(LISTING.findall(cloud.log())) == listed
     assert not log_lines(agent, UNAVAILABLE)
     assert "Traceback" not in agent.log()
 
@@ -65,24 +72,23 @@ def test_operations_created_between_two_connects_are_all_served_once(make_cloud,
 
 
 def test_operations_seen_both_pushed_and_listed_are_handled_once(make_cloud, make_agent, users):
-    """Sessions opened while the agent subscribes reach it twice, pushed and in the listing that
-    follows the subscription; each is still opened once, and no second EXECUTING is attempted."""
+    """The held connect is dropped and sessions are opened before the agent is back: the cloud keeps
+    them for the agent's session, which it resumes with a connect answered at once that brings them,
+    followed by a listing that has them too. Each is opened once, with one EXECUTING and one
+    SUCCESSFUL, and no second EXECUTING is attempted."""
     cloud = make_cloud(args=["-v"])
     device_id = cloud.device_id()
-    with EchoServer() as echo:
+    with CuttableLink(cloud.url) as link, EchoServer() as echo:
         config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
-        agent = make_agent(cloud, options=QUIET)
-        opened = []
-        deadline = time.monotonic() + 20
-        while not log_lines(agent, LISTENING) and time.monotonic() < deadline:
-            opened.append(users.connect(cloud, device_id, config_id))
-            time.sleep(0.1)
-        opened.append(users.connect(cloud, device_id, config_id))
+        agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
+        link.cut()
+        opened = [users.connect(cloud, device_id, config_id) for _ in range(3)]
+        link.restore()
         for user in opened:
             assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
     handled_once(agent, [user.op_id for user in opened])
     for user in opened:
-        assert len(re.findall(rf"PUT /devicecontrol/operations/{user.op_id} ", cloud.log())) == 2  # EXECUTING, SUCCESSFUL
+        assert len(re.findall(rf"PUT /devicecontrol/operations/{user.op_id} ", cloud.log())) == 2
     assert "422" not in agent.log()
 
 
@@ -92,9 +98,10 @@ def test_after_a_cloud_restart_the_agent_subscribes_again_and_loses_nothing(make
     done so is served all the same."""
     cloud = make_cloud(port=free_port())
     agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "300", "max_backoff": "3"}})
-    cloud.restart()
+    cloud.stop(signal.SIGKILL)  # no answer to the held connect: the new process is the one to say 402
+    cloud.start()
     handled_once(agent, served(cloud, users))
-    agent.wait_for_log(r"the platform no longer knows the notification session \(.*402::Unknown client")
+    agent.wait_for_log(r"the platform no longer knows the notification session \(/meta/connect: 402::Unknown client\)")
     assert not log_lines(agent, UNAVAILABLE)
     assert "Traceback" not in agent.log()
 
@@ -130,18 +137,20 @@ def test_a_connect_that_goes_silent_is_given_up_after_its_hold_and_nothing_is_lo
 
 
 def test_the_connections_to_the_cloud_have_tcp_keepalive(cloud, make_agent):
-    """A dead link is found by the kernel's keepalive probes within 2 x [c8y] keepalive: the held
-    connect's socket runs the keepalive timer (/proc/net/tcp, timer 2), due within those seconds."""
-    listening_agent(make_agent, cloud, options={"c8y": {"keepalive": "7"}, **QUIET})
+    """A dead link is found by the kernel's keepalive probes within 2 x [c8y] keepalive: the agent's
+    sockets to the cloud, the held connect's among them, run the keepalive timer (/proc/net/tcp,
+    timer 2), due within those seconds."""
+    agent = listening_agent(make_agent, cloud, options={"c8y": {"keepalive": "7"}, **QUIET})
     time.sleep(1)
     port = int(cloud.url.rsplit(":", 1)[1])
+    inodes = {os.readlink(f"/proc/{agent.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{agent.proc.pid}/fd")}
     timers = []
     for line in open("/proc/net/tcp").read().splitlines()[1:]:
         fields = line.split()
-        remote, state, (timer, when) = fields[2], fields[3], fields[5].split(":")
-        if int(remote.split(":")[1], 16) == port and state == "01":  # the agent's end, established
+        remote, state, (timer, when), inode = fields[2], fields[3], fields[5].split(":"), fields[9]
+        if int(remote.split(":")[1], 16) == port and state == "01" and f"socket:[{inode}]" in inodes:
             timers.append((int(timer, 16), int(when, 16)))
-    assert timers, "no connection from the agent to the cloud"
+    assert len(timers) >= 2, "the agent has no REST and held connections to the cloud"
     assert all(timer == 2 and when <= 7 * 100 for timer, when in timers), timers  # in USER_HZ ticks
 
 
@@ -197,3 +206,19 @@ def bayeux(session, message):
     answer = session.post("/notification/operations", json=[message])
     assert answer.status_code == 200, answer.text
     return next(m for m in answer.json() if m["channel"] == message["channel"])
+
+
+def test_a_reload_to_polling_ends_the_notification_session_and_serves_on(make_cloud, make_agent, users):
+    """SIGHUP with operations = polling: the agent ends its notification session on the platform
+    (its held connect is answered and its thread ends), polls, and handles each session once."""
+    cloud = make_cloud(args=["-v"])
+    agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "0.2", "max_backoff": "1"}})
+    handled_once(agent, served(cloud, users))
+    text = agent.config_path.read_text()
+    agent.config_path.write_text(text.replace("[agent]\n", "[agent]\noperations = polling\n"))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for_log(r"operations: polling every 0.2 s")
+    wait_until(lambda: re.search(r"notification client \S+ of t100/device_gw-001: disconnect", cloud.log()),
+               "the notification session ended on the cloud")
+    handled_once(agent, served(cloud, users, count=2))
+    assert not log_lines(agent, UNAVAILABLE) and "Traceback" not in agent.log()
