@@ -58,13 +58,12 @@ class Session:
         whether the platform held it: a session that works). `hold` asks it to answer sooner than
         it would (0: at once)."""
         message = {"channel": CONNECT, "clientId": self.client_id, "connectionType": LONG_POLLING}
-        if hold is None:
-            hold = self.hold
-        else:
+        if hold is not None:
             message["advice"] = {"timeout": round(hold * 1000)}
-        answer = self._post(message, read_timeout=min(hold, self.hold) + ANSWER_MARGIN)
+        waited = self.hold if hold is None else min(hold, self.hold)
+        answer = self._post(message, read_timeout=waited + ANSWER_MARGIN)
         self._check(answer, CONNECT)
-        held, self._answered = self._answered and "advice" not in message, True
+        held, self._answered = self._answered and waited > 0, True
         channel = f"/{device_id}"
         return [m["data"] for m in answer if m.get("channel") == channel and isinstance(m.get("data"), dict)], held
 

@@ -12,7 +12,7 @@ import queue
 import threading
 
 from cra.bayeux import Lost, Refused, Session
-from cra.c8y import CONNECT_FRAGMENT, NOTIFICATIONS, C8y, CloudError, CloudUnreachable
+from cra.c8y import CONNECT_FRAGMENT, NOTIFICATIONS, C8y, CloudError, CloudUnreachable, proxy_url
 
 log = logging.getLogger("cra.agent")
 
@@ -20,6 +20,9 @@ log = logging.getLogger("cra.agent")
 # waits between them (0, 1, 2, 4 s) a platform that restarts within about 7 s is not polled.
 FAILURES_BEFORE_POLLING = 5
 RETRY_MAX = 3600.0  # s: the longest wait between two tries to get notifications back
+# s: the hold asked for behind an HTTP proxy, whose keepalive reaches only the proxy: a connect the
+# proxy lost on its way to the platform is then given up within a minute (ANSWER_MARGIN more).
+PROXY_HOLD = 50.0
 
 _LIST = object()  # list PENDING operations over REST now
 _CLOSED = object()
@@ -40,7 +43,7 @@ class Feed:
         if self._polling:
             log.info("operations: polling every %g s ([agent] operations = polling)", self._poll_interval)
         else:
-            self._listener = _Listener(self, C8y(access), access.url, config)
+            self._listener = _Listener(self, access, config)
             threading.Thread(target=self._listener.run, name="notifications", daemon=True).start()
 
     def next(self):
@@ -90,9 +93,11 @@ class Feed:
 class _Listener:
     """The Bayeux session's loop, and the decision to poll instead when it fails."""
 
-    def __init__(self, feed, c8y, url, config):
-        self._feed, self._c8y, self._url = feed, c8y, url
-        self._session = Session(c8y)
+    def __init__(self, feed, access, config):
+        self._feed, self._url = feed, access.url
+        self._c8y = C8y(access)
+        self._session = Session(self._c8y)
+        self._hold = PROXY_HOLD if proxy_url(access) else None
         self._poll_interval, self._first_retry = config.poll_interval, config.max_backoff
         self._retry_wait = self._first_retry
         self._subscribed_before = False
@@ -122,7 +127,7 @@ class _Listener:
                         break
                     self._listening()
                     resuming = False
-                operations, held = session.connect(feed.device_id, hold=0 if resuming else None)
+                operations, held = session.connect(feed.device_id, hold=0 if resuming else self._hold)
                 for operation in operations:
                     feed.deliver(operation)
                 if resuming:  # answered at once: the platform holds the session again, so a listing now misses nothing
@@ -157,7 +162,8 @@ class _Listener:
             log.info("operations: real-time notifications work again; polling stopped")
             self._retry_wait = self._first_retry
         elif not self._subscribed_before:
-            log.info("operations: real-time notifications from %s%s", self._url, NOTIFICATIONS)
+            log.info("operations: real-time notifications from %s%s%s", self._url, NOTIFICATIONS,
+                     f", each connect held {PROXY_HOLD:g} s at most through the proxy" if self._hold else "")
         self._subscribed_before = True
         self._feed.poll(False)
 

@@ -184,17 +184,20 @@ def assert_went_through(proxy, cloud, op_id):
 @pytest.mark.parametrize("given", ["config", "environment", "config-over-environment"])
 def test_rest_and_the_tunnel_go_through_the_proxy(cloud, make_agent, proxies, users, echo, given):
     """The site's proxy is named in [c8y] proxy or, as on many gateways, only in http_proxy;
-    either way both legs take it (a site firewall lets nothing else out). With both, the file
-    wins, as etc/cra-agent.conf says: the environment's proxy sees nothing."""
+    either way both legs take it (a site firewall lets nothing else out), and the notifications,
+    whose connects are then held for less than a minute: the agent's TCP keepalive reaches only the
+    proxy. With both, the file wins, as etc/cra-agent.conf says: the environment's proxy sees nothing."""
     proxy, elsewhere = proxies(), proxies()
     c8y, env = {
         "config": ({"proxy": proxy.url}, {}),
         "environment": ({}, {"http_proxy": proxy.url}),
         "config-over-environment": ({"proxy": proxy.url}, {"http_proxy": elsewhere.url}),
     }[given]
-    start_agent(make_agent, cloud, c8y, env=env)
+    agent = start_agent(make_agent, cloud, c8y, env=env)
+    agent.wait_for_log(r"operations: real-time notifications from .*, each connect held 50 s at most through the proxy")
     op_id = assert_tunnel_carries_data(cloud, users, echo)
     assert_went_through(proxy, cloud, op_id)
+    assert ("POST", f"{cloud.url}/notification/operations") in proxy.handled
     assert elsewhere.handled == []
 
 
