@@ -154,7 +154,7 @@ class _Listener:
                 self._wait(max(session.interval, backoff))
             else:
                 session.forget()
-                failures, resuming = 0, False
+                failures, resuming = FAILURES_BEFORE_POLLING - 1, False  # a try from now on is one session
                 self._poll_until_retry(error)
 
     def _listening(self):

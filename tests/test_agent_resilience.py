@@ -7,6 +7,7 @@ server where the cloud cannot be made to misbehave; all on 127.0.0.1.
 """
 import json
 import re
+import time
 import uuid
 
 import pytest
@@ -180,6 +181,35 @@ def test_server_errors_and_garbage_are_logged_and_outlived(make_agent):
         r"the cloud answers again",
     ])
     assert "Traceback" not in agent.log()
+
+
+FORGETFUL = json_answer(200, [  # every message's reply at once: a session opens, and each connect is 402
+    {"channel": "/meta/handshake", "successful": True, "clientId": "c1", "advice": {"reconnect": "retry"}},
+    {"channel": "/meta/subscribe", "successful": True, "subscription": "/4711"},
+    {"channel": "/meta/connect", "successful": False, "error": "402::Unknown client",
+     "advice": {"reconnect": "handshake", "interval": 0}}])
+
+
+@pytest.mark.parametrize("notifications, reason", [
+    (PLATFORM_ERROR, r"POST /notification/operations refused: The server failed\. \(500\)"),
+    (FORGETFUL, r"/meta/connect: 402::Unknown client"),
+], ids=["500 every time", "402 after every subscription"])
+def test_notifications_that_keep_failing_make_the_agent_poll_without_a_storm(make_agent, notifications, reason):
+    """An endpoint that always fails, or a platform that forgets every session it opens (a load
+    balancer without sticky sessions), costs five tries with growing waits, one warning, and then
+    polling with a try at notifications each max_backoff or longer: never a loop without a wait."""
+    script = Misbehaving({})
+    with ScriptedPlatform(lambda method, path, query: notifications if path == "/notification/operations"
+                          else script(method, path, query)) as platform:
+        agent = make_agent(platform)
+        line = agent.wait_for_log(r"operations: real-time notifications unavailable")
+        assert re.search(reason, line), line
+        wait_until(lambda: script.good_polls >= 5, "five polls after the fallback")
+        time.sleep(2)  # the first retry of notifications, after max_backoff (1 s), fails again
+        tries = sum(1 for _, path, _ in platform.requests if path == "/notification/operations")
+    assert 5 <= tries <= 5 * 3 + 3 * 3, tries  # five sessions tried (3 requests each at most), then a retry a second or more
+    assert len(log_lines(agent, r"real-time notifications unavailable")) == 1
+    assert agent.proc.poll() is None and "Traceback" not in agent.log()
 
 
 def find_device(c8y):
