@@ -121,16 +121,18 @@ class _Listener:
         resuming = False  # a connect failed on the way: what it carried may be lost
         while not feed.closed.is_set():
             try:
-                if session.client_id is None:
+                opened = session.client_id is None
+                if opened:
                     session.open(feed.device_id)
-                    if feed.closed.is_set():
-                        break
-                    self._listening()
                     resuming = False
                 operations, held = session.connect(feed.device_id, hold=0 if resuming else self._hold)
+                if feed.closed.is_set():
+                    break
                 for operation in operations:
                     feed.deliver(operation)
-                if resuming:  # answered at once: the platform holds the session again, so a listing now misses nothing
+                if opened:  # the first connect, answered at once: the new session works
+                    self._listening()
+                elif resuming:  # answered at once: the platform holds the session again, so a listing now misses nothing
                     feed.relist()
                 if held:
                     failures = 0

@@ -209,6 +209,7 @@ def test_notifications_that_keep_failing_make_the_agent_poll_without_a_storm(mak
         tries = sum(1 for _, path, _ in platform.requests if path == "/notification/operations")
     assert 5 <= tries <= 5 * 3 + 3 * 3, tries  # five sessions tried (3 requests each at most), then a retry a second or more
     assert len(log_lines(agent, r"real-time notifications unavailable")) == 1
+    assert not log_lines(agent, r"work again")  # a session the platform forgets at once is no comeback
     assert agent.proc.poll() is None and "Traceback" not in agent.log()
 
 
