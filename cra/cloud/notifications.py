@@ -203,13 +203,9 @@ class Notifications:
                 for op in operations]
 
     def _subscribe(self, request, client, message):
-        reply = reply_to(message, clientId=client.id)
-        if "subscription" not in message:
-            return failed(reply, SUBSCRIPTION_MISSING)
-        channels = channel_list(message["subscription"])
+        reply, channels = subscription_of(message, client)
         if channels is None:
-            return failed(reply, SUBSCRIPTION_INVALID)
-        reply["subscription"] = message["subscription"]
+            return reply
         device_channels = [self._device_channel(request["principal"], channel) for channel in channels]
         error = next((error for _, error in device_channels if error), None)
         if error:
@@ -242,13 +238,9 @@ class Notifications:
         self._subscribers.setdefault((client.tenant, channel), []).append(client)
 
     def _unsubscribe(self, client, message):
-        reply = reply_to(message, clientId=client.id)
-        if "subscription" not in message:
-            return failed(reply, SUBSCRIPTION_MISSING)
-        channels = channel_list(message["subscription"])
+        reply, channels = subscription_of(message, client)
         if channels is None:
-            return failed(reply, SUBSCRIPTION_INVALID)
-        reply["subscription"] = message["subscription"]
+            return reply
         for channel in channels:
             self._remove_subscriber(client, channel)
         reply["successful"] = True
@@ -302,6 +294,19 @@ def handshake_refusal(message):
     if not isinstance(offered, list) or LONG_POLLING not in offered:
         return "supportedConnectionTypes"
     return None
+
+
+def subscription_of(message, client):
+    """(the reply to a /meta/subscribe or /meta/unsubscribe, the channels it names), or (that reply
+    failed, None) when its subscription field is missing or names no channels."""
+    reply = reply_to(message, clientId=client.id)
+    if "subscription" not in message:
+        return failed(reply, SUBSCRIPTION_MISSING), None
+    channels = channel_list(message["subscription"])
+    if channels is None:
+        return failed(reply, SUBSCRIPTION_INVALID), None
+    reply["subscription"] = message["subscription"]
+    return reply, channels
 
 
 def channel_list(subscription):
