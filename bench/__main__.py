@@ -23,7 +23,7 @@ import psutil
 
 from bench import feed, report
 from bench.rig import DEVICES, ROOT, WSACCEL, Cloud, Direct, Floor, WebSocketSide, usage
-from bench.traffic import Target, open_tunnels, ping_pong, setup_time, stream
+from bench.traffic import Target, open_tunnels, ping_pong, setup_samples, stream
 
 # feed_*, idle_*: notifications against polling (bench/feed.py): set-up sessions per mode and
 # transport; the idle cloud's connect hold, the idle window and the settling before it, in seconds.
@@ -155,15 +155,7 @@ def setup_times(plan, workdir, cloud, target):
             side = WebSocketSide(name, workdir, cloud, False, poll, 20, operations="polling")
             try:
                 ping_pong(side.connect, 1, 1, 5)  # registered, polling, and its first tunnel done
-                samples = []
-                for _ in range(plan["setup_samples"]):
-                    # A random wait puts each operation at a random point of the poll cycle, as users'
-                    # clicks are: it waits half an interval for the poll on average, and the mean beyond
-                    # that is the side's own set-up (the last tunnel's arrival is tied to a poll, so a
-                    # fixed wait would tie the next one to the cycle too).
-                    time.sleep(rng.uniform(0, poll))
-                    samples.append(setup_time(side.connect, target))
-                figures[name][poll] = samples
+                figures[name][poll] = setup_samples(side.connect, target, poll, plan["setup_samples"], rng)
                 _wait_closed(target, side)
             finally:
                 side.stop()

@@ -19,7 +19,7 @@ import re
 import time
 
 from bench.rig import Cloud, WebSocketSide, agent_program
-from bench.traffic import ping_pong, setup_time
+from bench.traffic import ping_pong, setup_samples
 from bench.wire import WireRelay
 
 MODES = ("notifications", "polling")
@@ -42,13 +42,8 @@ def setup_figures(plan, workdir, cloud, target, rng, wait_closed):
                                  device=f"gw-setup-{mode}-{transport}")
             try:
                 ping_pong(side.connect, 1, 1, 10)  # signed in, registered, listening, and its first tunnel done
-                samples = []
-                for _ in range(plan["feed_samples"]):
-                    # A random wait puts each click at a random point of the poll cycle (and, with
-                    # notifications, at a random time since the last connect was sent).
-                    time.sleep(rng.uniform(0, POLL_INTERVAL))
-                    samples.append(setup_time(side.connect, target))
-                times[transport][mode] = samples
+                # with notifications, the random waits put clicks at random times since the last connect
+                times[transport][mode] = setup_samples(side.connect, target, POLL_INTERVAL, plan["feed_samples"], rng)
                 wait_closed(target, side)
             finally:
                 side.stop()

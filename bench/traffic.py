@@ -51,7 +51,7 @@ class TcpStream:
         return self.sock.recv(size)
 
     def close(self):
-        _shutdown(self.sock)
+        close_socket(self.sock)
 
 
 def websocket(port, path, authorization):
@@ -145,10 +145,10 @@ class WebSocketStream:
             self.sock.sendall(self._frame((1000).to_bytes(2, "big"), opcode=0x8))
         except OSError:
             pass
-        _shutdown(self.sock)
+        close_socket(self.sock)
 
 
-def _shutdown(sock):
+def close_socket(sock):
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -342,3 +342,14 @@ def setup_time(connect, target):
     tunnel = open_tunnels(connect, b"E", 1)[0]
     tunnel.close()
     return target.arrived[tunnel.flow] - tunnel.started
+
+
+def setup_samples(connect, target, interval, count, rng):
+    """Set-up times of `count` sessions, each after a random wait of up to `interval`: a user's click
+    at a random point of the poll cycle waits half an interval for the poll on average, and the mean
+    beyond that is the side's own set-up (a fixed wait would tie each click to the cycle)."""
+    samples = []
+    for _ in range(count):
+        time.sleep(rng.uniform(0, interval))
+        samples.append(setup_time(connect, target))
+    return samples

@@ -19,6 +19,8 @@ import struct
 import threading
 import time
 
+from bench.traffic import close_socket
+
 CHUNK = 64 * 1024
 SAMPLE_EVERY = 0.5  # s between two readings of the segment counters of the open connections
 LINGER = 0.2  # s after a connection has ended before its counters are read: the last ACKs arrive
@@ -143,7 +145,7 @@ class WireRelay:
                 connection.sample()
             for sock in (connection.agent_side, connection.cloud_side):
                 if sock is not None:
-                    _close(sock)
+                    close_socket(sock)
 
     def _accept(self):
         while not self._closing.is_set():
@@ -154,7 +156,7 @@ class WireRelay:
             try:
                 cloud_side = socket.create_connection(("127.0.0.1", self.upstream), timeout=10)
             except OSError:
-                _close(agent_side)
+                close_socket(agent_side)
                 continue
             cloud_side.settimeout(None)
             connection = Connection(len(self.connections) + 1, agent_side)
@@ -175,8 +177,8 @@ class WireRelay:
         time.sleep(LINGER)
         connection.sample()
         connection.closed = time.monotonic()
-        _close(connection.agent_side)
-        _close(cloud_side)
+        close_socket(connection.agent_side)
+        close_socket(cloud_side)
         up.join(LINGER)
 
     @staticmethod
@@ -263,11 +265,3 @@ def _segments_at(samples, when):
             break
         counts = (segs_in, segs_out)
     return counts
-
-
-def _close(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
