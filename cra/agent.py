@@ -6,6 +6,8 @@ The loop outlives every failure of the network or the platform: it logs the fail
 password once, until it works again), waits with a backoff that doubles up to max_backoff, and
 asks again; PENDING operations wait on the platform meanwhile, so none is lost.
 """
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -183,14 +185,19 @@ class Agent:
     def _dispatch_next(self):
         feed = self._feed
         for operation in feed.next() if feed else ():
-            op_id = str(operation.get("id"))
+            op_id = _usable_id(operation)
+            key = op_id or _fingerprint(operation)
             with self._lock:
                 # seen: being handled or handled, maybe listed before its status changed, or pushed and listed
-                if op_id in self._seen:
-                    continue
-                self._seen[op_id] = True
+                seen, self._seen[key] = key in self._seen, True
                 if len(self._seen) > SEEN_MAX:
                     self._seen.popitem(last=False)
+            if seen:
+                continue
+            if op_id is None:
+                log.warning("an operation without an id was skipped: its status cannot be set (it has %s)",
+                            ", ".join(sorted(map(str, operation))) or "nothing")
+                continue
             thread = threading.Thread(target=self._handle, args=(operation,), name=f"op-{op_id}", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
@@ -244,6 +251,19 @@ class Agent:
     def _fail(self, op_id, reason):
         log.warning("operation %s FAILED: %s", op_id, reason)
         self.c8y.set_status(op_id, "FAILED", reason)
+
+
+def _usable_id(operation):
+    """The operation's id as the REST paths take it, or None when it has none that could be one."""
+    op_id = operation.get("id")
+    if isinstance(op_id, int) and not isinstance(op_id, bool):
+        return str(op_id)
+    return op_id if isinstance(op_id, str) and op_id.isascii() and op_id.isalnum() else None
+
+
+def _fingerprint(operation):
+    """What tells an operation without an id from another: it is remembered, and so skipped once, by this."""
+    return "without id: " + hashlib.sha256(json.dumps(operation, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _identity(config):

@@ -6,7 +6,8 @@ from cra.c8y import CONNECT_FRAGMENT
 
 # UUID-like: what the platform sends, and nothing that could leave the URL path it is put in.
 CONNECTION_KEY = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{7,127}")
-HOSTNAME = re.compile(r"[^\s/]{1,253}")
+# No spaces, slashes or control characters: getaddrinfo stops at a NUL and would reach another host.
+HOSTNAME = re.compile(r"[^\s/\x00-\x1f\x7f-\x9f]{1,253}")
 
 
 class InvalidOperation(ValueError):

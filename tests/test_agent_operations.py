@@ -134,7 +134,9 @@ MALFORMED = {
     "fragment a string": (WHOLE_FRAGMENT, "connect me", [WHOLE_FRAGMENT]),
     "fragment a list": (WHOLE_FRAGMENT, [{"hostname": "127.0.0.1", "port": 22}], [WHOLE_FRAGMENT]),
     **{f"hostname {name}": ("hostname", value, ["hostname", shown(value)])
-       for name, value in [("missing", MISSING), ("empty", ""), ("a number", 10), ("a list", ["127.0.0.1"])]},
+       for name, value in [("missing", MISSING), ("empty", ""), ("a number", 10), ("a list", ["127.0.0.1"]),
+                           ("with a NUL byte", "127.0.0.1\x00x"), ("with a control character", "127.0.0.1\x1b"),
+                           ("with a DEL", "gateway\x7f")]},
     **{f"port {name}": ("port", value, ["port", shown(value)])
        for name, value in [("0", 0), ("70000", 70000), ("abc", "abc"), ("22.5", 22.5), ("true", True),
                            ("missing", MISSING), ("negative string", "-22")]},

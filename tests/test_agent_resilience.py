@@ -213,6 +213,22 @@ def test_notifications_that_keep_failing_make_the_agent_poll_without_a_storm(mak
     assert agent.proc.poll() is None and "Traceback" not in agent.log()
 
 
+def test_an_operation_without_an_id_is_skipped_once_and_the_agent_goes_on(make_agent):
+    """A middlebox or a faulty integration lists an operation with no id: nothing can be set on it,
+    so the agent says so once, however often it is listed, touches nothing, and keeps polling."""
+    nameless = json_answer(200, {"operations": [
+        {"status": "PENDING", "c8y_RemoteAccessConnect": {"hostname": "127.0.0.1", "port": 22, "connectionKey": "eb5e9d13-1caa-486b-bdda-130ca0d87df8"}},
+        {"id": {"nested": 1}, "status": "PENDING", "c8y_RemoteAccessConnect": {}}]})
+    script = Misbehaving({"/devicecontrol/operations?status=PENDING": [nameless] * 5})
+    with ScriptedPlatform(script) as platform:
+        agent = make_agent(platform, options={"agent": {"operations": "polling"}})
+        wait_until(lambda: script.good_polls >= 3, "three polls after the nameless ones")
+        assert [path for method, path, _ in platform.requests if method != "GET"] == []
+    assert len(log_lines(agent, r"an operation without an id was skipped")) == 2  # one line for each of the two
+    assert "eb5e9d13" not in agent.log()
+    assert agent.proc.poll() is None and "Traceback" not in agent.log()
+
+
 def find_device(c8y):
     return c8y.find_device("gw-001")
 
