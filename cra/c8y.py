@@ -39,8 +39,9 @@ def proxy_url(access):
 
 def keepalive_options(idle):
     """TCP keepalive on every connection to the tenant: a long poll held over a link that a NAT or a
-    proxy dropped without a word is found dead within 2 x `idle` seconds (the probes also keep such
-    a NAT's entry alive), instead of waiting for an answer that cannot come."""
+    firewall dropped without a word is found dead within 2 x `idle` seconds (the probes also keep
+    such a NAT's entry alive), instead of waiting for an answer that cannot come. Through a proxy
+    the probes reach only the proxy (cra.feed asks for short holds there)."""
     options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     seconds = min(max(1, round(idle)), KEEPALIVE_MAX)
     for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // KEEPALIVE_PROBES)),
