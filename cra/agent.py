@@ -198,12 +198,11 @@ class Agent:
                 log.warning("an operation without an id was skipped: its status cannot be set (it has %s)",
                             ", ".join(sorted(map(str, operation))) or "nothing")
                 continue
-            thread = threading.Thread(target=self._handle, args=(operation,), name=f"op-{op_id}", daemon=True)
+            thread = threading.Thread(target=self._handle, args=(op_id, operation), name=f"op-{op_id}", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
-    def _handle(self, operation):
-        op_id = str(operation.get("id"))
+    def _handle(self, op_id, operation):
         try:
             self._connect(op_id, operation)
         except (CloudError, CloudUnreachable) as exc:

@@ -43,14 +43,16 @@ def _shutdown(sock):
         pass
 
 
-def _pipe(source, target):
-    """Copy source to target until source ends or fails, then end target both ways."""
+def _pipe(source, target, stalled=frozenset()):
+    """Copy source to target until source ends or fails, then end target both ways; what is read
+    while either is in `stalled` is dropped."""
     try:
         while True:
             data = source.recv(65536)
             if not data:
                 break
-            target.sendall(data)
+            if source not in stalled and target not in stalled:
+                target.sendall(data)
     except OSError:
         pass
     _shutdown(target)
@@ -158,21 +160,8 @@ class CuttableLink(_Acceptor):
         upstream = self.connect_upstream(self._target)
         if upstream is None:
             return _shutdown(conn)
-        self._start(self._copy, "down", upstream, conn)
-        self._copy(conn, upstream)
-
-    def _copy(self, source, target):
-        """_pipe, but what a stalled connection reads is dropped."""
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if source not in self._stalled and target not in self._stalled:
-                    target.sendall(data)
-        except OSError:
-            pass
-        _shutdown(target)
+        self._start(_pipe, "down", upstream, conn, self._stalled)
+        _pipe(conn, upstream, self._stalled)
 
     def stall(self):
         with self._lock:
@@ -602,14 +591,18 @@ def assert_logged_in_order(agent, patterns):
         position = found + 1
 
 
-def assert_tunnel_works(cloud, users, external_id="gw-001", log=None):
-    """What a user checks: a new session reaches a service beside the gateway, the operation is
-    SUCCESSFUL and 16 KiB come back intact. `log`, a file, is shown when it is not."""
+def assert_tunnel_works(cloud, users, external_id="gw-001", log=None, count=1):
+    """What a user checks: `count` new sessions at once reach a service beside the gateway, each
+    operation is SUCCESSFUL and 16 KiB come back intact; their operations' ids. `log`, a file, is
+    shown when one is not."""
     device_id = cloud.device_id(external_id)
     with EchoServer() as echo:
-        user = users.connect(cloud, device_id, add_configuration(cloud, device_id, "127.0.0.1", echo.port))
-        op = wait_for_status(cloud, user.op_id)
-        assert op["status"] == "SUCCESSFUL", f"{op.get('failureReason')}\n{log.read_text() if log else ''}"
+        config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
+        opened = [users.connect(cloud, device_id, config_id) for _ in range(count)]
         payload = bytes(range(256)) * 64
-        assert user.echo(payload) == payload
-        user.close()
+        for user in opened:
+            op = wait_for_status(cloud, user.op_id)
+            assert op["status"] == "SUCCESSFUL", f"{op.get('failureReason')}\n{log.read_text() if log else ''}"
+            assert user.echo(payload) == payload
+            user.close()
+    return [user.op_id for user in opened]

@@ -25,22 +25,6 @@ def listening_agent(make_agent, cloud, options=QUIET, **kwargs):
     return agent
 
 
-def served(cloud, users, count=1):
-    """`count` users connecting at once to an echo service beside the gateway: each session's
-    operation SUCCESSFUL and its bytes back intact."""
-    device_id = cloud.device_id()
-    with EchoServer() as echo:
-        config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
-        opened = [users.connect(cloud, device_id, config_id) for _ in range(count)]
-        for user in opened:
-            op = wait_for_status(cloud, user.op_id)
-            assert op["status"] == "SUCCESSFUL", op.get("failureReason")
-            payload = f"session {user.op_id}".encode()
-            assert user.echo(payload) == payload
-            user.close()
-    return [user.op_id for user in opened]
-
-
 def handled_once(agent, op_ids):
     for op_id in op_ids:
         assert len(log_lines(agent, rf"tunnel {op_id} open:")) == 1, agent.log()
@@ -53,7 +37,7 @@ def test_a_session_is_served_by_notification_without_polling(make_cloud, make_ag
     agent = listening_agent(make_agent, cloud)
     wait_until(lambda: len(LISTING.findall(cloud.log())) >= 2, "the listings at start and after subscribing")
     listed = len(LISTING.findall(cloud.log()))
-    handled_once(agent, served(cloud, users))
+    handled_once(agent, assert_tunnel_works(cloud, users))
     assert len(LISTING.findall(cloud.log())) == listed
     assert not log_lines(agent, UNAVAILABLE)
     assert "Traceback" not in agent.log()
@@ -65,9 +49,9 @@ def test_operations_created_between_two_connects_are_all_served_once(make_cloud,
     connects come and go meanwhile. Each session is handled once, however it reached the agent."""
     cloud = make_cloud(args=["--notification-hold", "0.5"])
     agent = listening_agent(make_agent, cloud)
-    handled_once(agent, served(cloud, users, count=5))
+    handled_once(agent, assert_tunnel_works(cloud, users, count=5))
     time.sleep(1.5)  # three more connects, held and answered empty
-    handled_once(agent, served(cloud, users, count=2))
+    handled_once(agent, assert_tunnel_works(cloud, users, count=2))
     assert not log_lines(agent, UNAVAILABLE)
 
 
@@ -100,7 +84,7 @@ def test_after_a_cloud_restart_the_agent_subscribes_again_and_loses_nothing(make
     agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "300", "max_backoff": "3"}})
     cloud.stop(signal.SIGKILL)  # no answer to the held connect: the new process is the one to say 402
     cloud.start()
-    handled_once(agent, served(cloud, users))
+    handled_once(agent, assert_tunnel_works(cloud, users))
     agent.wait_for_log(r"the platform no longer knows the notification session \(/meta/connect: 402::Unknown client\)")
     assert not log_lines(agent, UNAVAILABLE)
     assert "Traceback" not in agent.log()
@@ -113,7 +97,7 @@ def test_a_connect_dropped_mid_hold_is_made_again_and_nothing_is_lost(cloud, mak
         agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
         link.cut()
         link.restore()
-        handled_once(agent, served(cloud, users))
+        handled_once(agent, assert_tunnel_works(cloud, users))
         assert not log_lines(agent, UNAVAILABLE)
 
 
@@ -172,7 +156,7 @@ def test_polling_takes_over_when_the_endpoint_is_missing_and_hands_back(make_clo
     listed = len(LISTING.findall(cloud.log()))
     time.sleep(1)
     assert len(LISTING.findall(cloud.log())) == listed  # no more polling every 0.2 s
-    handled_once(agent, served(cloud, users))
+    handled_once(agent, assert_tunnel_works(cloud, users))
 
 
 def test_operations_polling_never_asks_for_notifications(make_cloud, make_agent, users):
@@ -198,7 +182,7 @@ def test_a_session_ended_by_the_platform_s_connection_limit_is_not_fought_over(c
                                 "subscription": f"/{cloud.device_id()}"})["successful"] is True
     line = agent.wait_for_log(UNAVAILABLE)
     assert "advises not to reconnect" in line and "do other agents use these credentials?" in line, line
-    handled_once(agent, served(cloud, users))
+    handled_once(agent, assert_tunnel_works(cloud, users))
     assert len(log_lines(agent, LISTENING)) == 1
 
 
@@ -213,12 +197,12 @@ def test_a_reload_to_polling_ends_the_notification_session_and_serves_on(make_cl
     (its held connect is answered and its thread ends), polls, and handles each session once."""
     cloud = make_cloud(args=["-v"])
     agent = listening_agent(make_agent, cloud, options={"agent": {"poll_interval": "0.2", "max_backoff": "1"}})
-    handled_once(agent, served(cloud, users))
+    handled_once(agent, assert_tunnel_works(cloud, users))
     text = agent.config_path.read_text()
     agent.config_path.write_text(text.replace("[agent]\n", "[agent]\noperations = polling\n"))
     agent.proc.send_signal(signal.SIGHUP)
     agent.wait_for_log(r"operations: polling every 0.2 s")
     wait_until(lambda: re.search(r"notification client \S+ of t100/device_gw-001: disconnect", cloud.log()),
                "the notification session ended on the cloud")
-    handled_once(agent, served(cloud, users, count=2))
+    handled_once(agent, assert_tunnel_works(cloud, users, count=2))
     assert not log_lines(agent, UNAVAILABLE) and "Traceback" not in agent.log()
