@@ -16,6 +16,8 @@ import time
 import requests
 import websocket
 
+from cra.cloud import certificates
+
 ADMIN = ("t100/admin", "admin-pw")
 DEVICE = ("t100/device_gw-001", "dev-pw")
 OTHER_DEVICE = ("t100/device_gw-002", "dev2-pw")
@@ -70,9 +72,12 @@ class _Program:
 
 
 class Cloud(_Program):
-    """One cra-cloud process: started on a free port, its stderr kept in a file for assertions."""
+    """One cra-cloud process: started on a free port, its stderr kept in a file for assertions.
 
-    def __init__(self, workdir, seed=SEED, args=(), db=None, env=None, port=0):
+    With tls, it serves https and wss under a certificate from an authority of its own, ca_file.
+    """
+
+    def __init__(self, workdir, seed=SEED, args=(), db=None, env=None, port=0, tls=False):
         self.workdir = workdir
         self.port = port
         self.seed_path = workdir / "seed.json"
@@ -83,6 +88,11 @@ class Cloud(_Program):
         self.log_path = workdir / "cloud.log"
         self.proc = None
         self.url = None
+        self.ca_file = None
+        if tls:
+            (workdir / "tls").mkdir(exist_ok=True)
+            self.ca_file, certfile, keyfile = certificates.issue(workdir / "tls")
+            self.args += ["--certfile", certfile, "--keyfile", keyfile]
 
     def command(self):
         return [sys.executable, "-m", "cra.cloud", "--port", str(self.port), "--db", self.db,
@@ -92,7 +102,7 @@ class Cloud(_Program):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log, env=self.env, text=True)
         line = _readline(self.proc.stdout, 30)
-        match = re.search(r"http://\S+", line or "")
+        match = re.search(r"https?://\S+", line or "")
         if not match:
             self.proc.kill()
             raise RuntimeError(f"cra-cloud did not start: {line!r}\n{self.log()}")
@@ -110,6 +120,7 @@ class Cloud(_Program):
     def api(self, auth=ADMIN):
         session = requests.Session()
         session.auth = auth
+        session.verify = self.ca_file or True
         session.headers["Accept"] = "application/json"
         return _BaseUrlSession(session, self.url)
 
@@ -128,13 +139,16 @@ class Cloud(_Program):
         """A user's tool connecting to a configuration; creates the PENDING operation."""
         header = {"Authorization": basic(auth), **(headers or {})} if auth else dict(headers or {})
         url = f"{self.ws_url}/service/remoteaccess/client/{device_id}/configurations/{config_id}"
-        return websocket.create_connection(url, header=header, timeout=30, **options)
+        return websocket.create_connection(url, header=header, timeout=30, **self._tls(options))
 
     def open_device(self, key, auth=DEVICE, **options):
         """The agent's leg, as WIRE.md section 4 describes it."""
         url = f"{self.ws_url}/service/remoteaccess/device/{key}"
         return websocket.create_connection(url, header={"Authorization": basic(auth)}, subprotocols=["binary"],
-                                           timeout=30, **options)
+                                           timeout=30, **self._tls(options))
+
+    def _tls(self, options):
+        return {"sslopt": {"ca_certs": self.ca_file}, **options} if self.ca_file else options
 
     def pending_operation(self, device_id, auth=DEVICE, timeout=10):
         """The newest PENDING c8y_RemoteAccessConnect operation of a device, as the agent would poll it."""
@@ -172,7 +186,7 @@ class AgentProcess(_Program):
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         sections = {"c8y": {"url": cloud.url, "tenant": "t100", "user": DEVICE[0].split("/")[1],
-                            "password": DEVICE[1], "external_id": "gw-001"},
+                            "password": DEVICE[1], "external_id": "gw-001", "ca_file": cloud.ca_file},
                     "agent": {"poll_interval": "0.2", "max_backoff": "1"}}
         for section, values in (options or {}).items():
             sections.setdefault(section, {}).update(values)

@@ -21,7 +21,7 @@ BOOTSTRAP_TENANT = "management"
 TOKEN_LIFETIME = 14 * 24 * 3600
 PBKDF2_ROUNDS = 50_000
 PUBLIC_ROUTES = {("HEAD", "/service/remoteaccess/health"), ("GET", "/service/remoteaccess/health"),
-                 ("POST", "/tenant/oauth"), ("POST", "/tenant/oauth/token")}
+                 ("POST", "/tenant/oauth"), ("POST", "/tenant/oauth/token"), ("GET", "/tenant/loginOptions")}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import sqlite3
+import ssl
 import sys
 
 from aiohttp import web
@@ -38,6 +39,11 @@ def parse_args(argv):
                              f"(default: %(default)g, the platform's; at most {MAX_HOLD:g})")
     parser.add_argument("--without-notifications", action="store_true",
                         help="answer POST /notification/operations with 404, as a tenant or proxy without it does")
+    parser.add_argument("--unsubscribed-tenant", action="append", default=[], metavar="TENANT",
+                        help="answer every /service/remoteaccess request of this tenant with 404, as a tenant "
+                             "not subscribed to Cloud Remote Access does (repeatable)")
+    parser.add_argument("--certfile", metavar="PEM", help="serve https and wss with this certificate (chain); needs --keyfile")
+    parser.add_argument("--keyfile", metavar="PEM", help="the private key of --certfile")
     parser.add_argument("--encryption-password", default=os.environ.get("CRA_CLOUD_ENCRYPTION_PASSWORD"),
                         help="seal configuration secrets at rest (or CRA_CLOUD_ENCRYPTION_PASSWORD)")
     parser.add_argument("--encryption-salt", default=os.environ.get("CRA_CLOUD_ENCRYPTION_SALT"),
@@ -69,10 +75,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
+        tls = tls_context(args.certfile, args.keyfile)
         vault = Vault(args.encryption_password, args.encryption_salt)
         tenants = seed.load(args.seed) if args.seed else []
         store = Store(args.db)
-    except (VaultError, seed.SeedError) as exc:
+    except (TlsError, VaultError, seed.SeedError) as exc:
         print(f"cra-cloud: {exc}", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
@@ -81,17 +88,37 @@ def main(argv=None):
     try:
         seed.apply(store, vault, tenants)
         warn_unreadable_secrets(store, vault)
-        return asyncio.run(serve(args, store, vault))
+        return asyncio.run(serve(args, store, vault, tls))
     finally:
         store.close()
 
 
-async def serve(args, store, vault):
+class TlsError(Exception):
+    pass
+
+
+def tls_context(certfile, keyfile):
+    """The server's TLS context, None for plain http; TlsError when the files cannot serve."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        raise TlsError("--certfile and --keyfile go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as exc:
+        raise TlsError(f"cannot read {exc.filename or certfile}: {exc.strerror}") from None
+    except ssl.SSLError as exc:
+        raise TlsError(f"cannot serve TLS with {certfile} and {keyfile}: {exc.reason or exc}") from None
+    return context
+
+
+async def serve(args, store, vault, tls):
     app = make_app(store, vault, args.operation_timeout, args.idle_timeout, args.notification_hold,
-                   not args.without_notifications)
+                   not args.without_notifications, set(args.unsubscribed_tenant))
     runner = web.AppRunner(app, access_log=log if args.verbose else None, access_log_class=AccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -102,7 +129,7 @@ async def serve(args, store, vault):
     for signum in (signal.SIGTERM, signal.SIGINT):  # before the line that tells a supervisor it may signal
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     host, port = runner.addresses[0][:2]
-    print(f"cra-cloud {__version__} listening on http://{_url_host(host)}:{port} "
+    print(f"cra-cloud {__version__} listening on {'https' if tls else 'http'}://{_url_host(host)}:{port} "
           f"(state in {args.db}, secrets {'sealed' if vault.encrypting else 'not encrypted'})", flush=True)
     await stop.wait()
     log.info("stopping: closing sessions")

@@ -1,8 +1,8 @@
-"""Tenant options (remoteaccess.operation.timeout, per tenant, no restart) and OAI-Secure tokens."""
+"""Tenant options: remoteaccess.operation.timeout, per tenant, taken without a restart."""
 from aiohttp import web
 
-from cra.cloud.auth import require_user, unauthorized
-from cra.cloud.errors import ApiError, not_found, unprocessable
+from cra.cloud.auth import require_user
+from cra.cloud.errors import not_found, unprocessable
 from cra.cloud.rest import base_url, read_object, required_string, respond
 
 routes = web.RouteTableDef()
@@ -79,31 +79,3 @@ async def delete_option(request):
     category, key, _ = existing_option(request)
     store.delete_option(principal.tenant, category, key)
     return web.Response(status=204)
-
-
-async def password_login(request):
-    """The principal of an OAuth password grant: form username (tenant/user or bare), password, tenant_id."""
-    form = await request.post()
-    if form.get("grant_type", "PASSWORD").upper() != "PASSWORD":
-        raise ApiError(400, "security/Bad Request", "only grant_type=PASSWORD is supported")
-    username, password = form.get("username", ""), form.get("password", "")
-    tenant, _, user = username.rpartition("/")
-    tenant = tenant or form.get("tenant_id") or request.query.get("tenant_id")
-    if not user or not password:
-        raise unauthorized("username and password are required")
-    return request.app["auth"].login(tenant, user, password)
-
-
-@routes.post("/tenant/oauth/token")
-async def oauth_token(request):
-    token, _ = request.app["auth"].issue_token(await password_login(request))
-    return respond({"access_token": token})
-
-
-@routes.post("/tenant/oauth")
-async def oauth_cookie(request):
-    token, claims = request.app["auth"].issue_token(await password_login(request))
-    response = web.Response(status=200)
-    response.set_cookie("authorization", token, httponly=True, path="/", samesite="Lax")
-    response.set_cookie("XSRF-TOKEN", claims["xsrfToken"], path="/", samesite="Lax")
-    return response
