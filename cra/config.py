@@ -247,6 +247,12 @@ def _convert(kind, raw, where):
     if kind == "log":
         return raw
     parts = urlsplit(raw)
+    try:
+        port_ok = parts.port != 0  # urlsplit raises when it is no number from 0 to 65535
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        raise ConfigError(f"{where}: the port in {raw!r} is not a port number from 1 to 65535")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         example = "https://example.cumulocity.com" if kind == "url" else "http://proxy.example:3128"
         raise ConfigError(f"{where}: must be an http or https URL such as {example}, not {raw!r}")
