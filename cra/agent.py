@@ -30,6 +30,7 @@ RESTART_REASON = "agent restarted; the session was lost"
 STOP_WAIT = 3.0
 WAITING_EVERY = 60.0
 SEEN_MAX = 1000  # operation ids remembered so that one both pushed and listed is handled once
+RFB_UNSPOKEN = b"RFB 005."  # RealVNC's own protocol version; the platform's VNC client speaks RFB 3.x only
 
 
 class Agent:
@@ -246,6 +247,10 @@ class Agent:
         reason = tunnel.run()
         log.info("tunnel %s closed: %s, %d bytes to the cloud, %d bytes from the cloud, %.1f s: %s",
                  op_id, endpoint.name, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
+        if tunnel.opening.startswith(RFB_UNSPOKEN):
+            log.warning("tunnel %s: %s is a VNC server that offers RFB %s (RealVNC's default), which the platform's "
+                        "VNC client cannot speak: set the server's ProtocolVersion to 3.8 (RealVNC: Options > Expert)",
+                        op_id, endpoint.name, tunnel.opening[4:11].decode("ascii", "replace"))
 
     def _fail(self, op_id, reason):
         log.warning("operation %s FAILED: %s", op_id, reason)

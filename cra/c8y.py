@@ -3,8 +3,9 @@
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
 """
+import re
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -17,6 +18,11 @@ CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
 NOTIFICATIONS = "/notification/operations"
 KEEPALIVE_PROBES = 3
 KEEPALIVE_MAX = 32767  # s: the most Linux takes for TCP_KEEPIDLE
+# What the platform's remote access troubleshooting table says to do about the refusals a tool sees.
+MISSING_ROLE = ("the user needs the role ROLE_REMOTE_ACCESS_ADMIN: in Administration > Accounts > Users, "
+                "give the user a global role with Remote access")
+NOT_SUBSCRIBED = ("the tenant is not subscribed to Cloud Remote Access: subscribe the cloud-remote-access "
+                  "microservice in Administration > Applications (every /service/remoteaccess request answers 404 until then)")
 
 
 class CloudUnreachable(Exception):
@@ -79,8 +85,10 @@ class C8y:
         if access.proxy:
             self._options["proxies"] = {"http": access.proxy, "https": access.proxy}
 
-    def _call(self, method, path, media=None, body=None, params=None, shape=dict, read_timeout=None):
+    def _call(self, method, path, media=None, body=None, params=None, shape=dict, read_timeout=None, signed=True):
         headers = {"Accept": MEDIA.format(media) if media else "application/json"}
+        if not signed:
+            headers["Authorization"] = None  # requests leaves the session's header out
         if body is not None:
             headers["Content-Type"] = MEDIA.format(media) if media else "application/json"
         options = self._options
@@ -103,6 +111,17 @@ class C8y:
             raise CloudUnreachable(f"{method} {path}: the answer is not a JSON {'object' if shape is dict else 'array'} "
                                    f"(HTTP {response.status_code}, {len(response.content)} bytes)")
         return answer
+
+    def login_tenant(self):
+        """The tenant id in the tenant's public login options (its OAuth initRequest names it), or None."""
+        answer = self._call("GET", "/tenant/loginOptions", "loginoptioncollection", signed=False)
+        options = answer.get("loginOptions")
+        for option in options if isinstance(options, list) else []:
+            request = option.get("initRequest") if isinstance(option, dict) else None
+            tenant = parse_qs(urlsplit(request).query).get("tenant_id") if isinstance(request, str) else None
+            if tenant:
+                return tenant[0]
+        return None
 
     def find_device(self, external_id):
         """The managed object id of a c8y_Serial, or None when it is not registered."""
@@ -191,7 +210,7 @@ def _error_message(response):
 def _reason(exc):
     """Why a request got no answer, in words rather than urllib3's nested repr."""
     if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS verification failed (check [c8y] url and ca_file)"
+        return tls_failure(str(exc))
     if isinstance(exc, requests.exceptions.ProxyError):
         return "the proxy refused or failed (check [c8y] proxy)"
     if isinstance(exc, requests.exceptions.Timeout):
@@ -200,8 +219,23 @@ def _reason(exc):
         text = str(exc)
         for cause, words in (("Connection refused", "connection refused"), ("Name or service not known", "host name not found"),
                              ("Temporary failure in name resolution", "host name not found"),
-                             ("Connection reset", "connection reset"), ("Network is unreachable", "network unreachable")):
+                             ("Connection reset", "connection reset"), ("Network is unreachable", "network unreachable"),
+                             ("RemoteDisconnected", "the server closed the connection without an answer (does it want https?)")):
             if cause in text:
                 return words
         return "connection failed"
     return type(exc).__name__
+
+
+def tls_failure(text):
+    """Why TLS with the tenant failed, from the SSL error's text, and what to do."""
+    if "WRONG_VERSION_NUMBER" in text:
+        return "TLS failed: the server does not speak TLS (is its URL http:// rather than https://?)"
+    verify = re.search(r"certificate verify failed: ([^(]+)", text)
+    if verify and "mismatch" in verify.group(1):
+        return (f"TLS verification failed: the server's certificate is for another host ({verify.group(1).strip()}): "
+                f"use the host name in the URL that the certificate was issued for")
+    if verify:
+        return (f"TLS verification failed: the server's certificate is not trusted ({verify.group(1).strip()}): give the authority that "
+                f"signed it as the CA file ([c8y] ca_file; cra-connect --ca-file)")
+    return f"TLS failed ({text.strip() or 'no reason given'})"

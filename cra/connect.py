@@ -14,10 +14,11 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from cra import __version__
-from cra.c8y import C8y, CloudError, CloudUnreachable
-from cra.config import CloudAccess
+from cra.c8y import MISSING_ROLE, NOT_SUBSCRIBED, C8y, CloudError, CloudUnreachable
+from cra.config import CloudAccess, env_name
 from cra.endpoint import StdioEndpoint, TcpEndpoint
 from cra.tunnel import Tunnel
 from cra.websocket_leg import WebSocketLegError, open_websocket
@@ -27,12 +28,15 @@ log = logging.getLogger("cra.connect")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_CREDENTIALS, EXIT_ROLE, EXIT_NO_DEVICE, EXIT_NO_CONFIGURATION, EXIT_DEVICE_ABSENT = 3, 4, 5, 6, 7
 ENVIRONMENT = {"url": "C8Y_HOST", "tenant": "C8Y_TENANT", "user": "C8Y_USER", "password": "C8Y_PASSWORD", "token": "C8Y_TOKEN"}
+CA_FILE_ENVIRONMENT = env_name("c8y", "ca_file")  # the agent's own name for it: one variable serves both
 CONNECT_TIMEOUT = 30
 PING_INTERVAL = 30
 STOP_WAIT = 3.0
+STOPS = {signal.SIGTERM: (1001, "cra-connect is stopping"), signal.SIGINT: (1001, "cra-connect is stopping"),
+         signal.SIGHUP: (1000, "cra-connect was hung up on: the program that started it ended")}
 CLIENT_REFUSALS = {
     401: "credentials rejected: check the tenant, user and password, or the token",
-    403: "the user needs the role ROLE_REMOTE_ACCESS_ADMIN",
+    403: MISSING_ROLE,
     404: "the device or configuration is gone",
 }
 
@@ -57,11 +61,12 @@ def parse_args(argv):
     mode.add_argument("--stdio", action="store_true", help="carry one session over stdin/stdout (ssh ProxyCommand)")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on with --port (default: %(default)s)")
     parser.add_argument("--url", help="the tenant's URL, e.g. https://t100.cumulocity.com (or C8Y_HOST)")
-    parser.add_argument("--tenant", help="tenant id (or C8Y_TENANT)")
+    parser.add_argument("--tenant", help="tenant id (or C8Y_TENANT); default: the one the URL's login options name")
     parser.add_argument("--user", help="user name (or C8Y_USER)")
     parser.add_argument("--password", help="password (or C8Y_PASSWORD; visible to other users in the process list)")
     parser.add_argument("--token", help="a Bearer token instead of user and password (or C8Y_TOKEN)")
-    parser.add_argument("--ca-file", default="", help="PEM file of CA certificates to trust")
+    parser.add_argument("--ca-file", help=f"PEM file of the certificate authorities to trust instead of the system's "
+                                          f"(or {CA_FILE_ENVIRONMENT})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each connection and debug detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -74,24 +79,46 @@ def _port(text):
 
 
 def cloud_access(args, environ):
+    """Where and who, from the flags and then the environment; the tenant, when not given, from the
+    tenant's own login options (as c8ylp finds it), and the password, when not given, from the terminal."""
     values = {key: getattr(args, key) or environ.get(name, "") for key, name in ENVIRONMENT.items()}
-    if not values["url"].startswith(("http://", "https://")):
+    url = values.pop("url").rstrip("/")
+    if url and "://" not in url:
+        url = "https://" + url  # a tenant is only ever https
+    if not url.startswith(("http://", "https://")):
         raise Failure(EXIT_USAGE, "give the tenant's URL with --url or C8Y_HOST, e.g. https://t100.cumulocity.com")
-    if not values["token"]:
-        if not values["tenant"] or not values["user"]:
-            raise Failure(EXIT_USAGE, "give --tenant and --user (or C8Y_TENANT and C8Y_USER), or a --token")
-        if not values["password"]:
-            values["password"] = _ask_password(values)
-    return CloudAccess(url=values["url"].rstrip("/"), ca_file=args.ca_file, **{k: v for k, v in values.items() if k != "url"})
+    ca_file = args.ca_file or environ.get(CA_FILE_ENVIRONMENT, "")
+    if ca_file and not os.path.isfile(ca_file):
+        raise Failure(EXIT_USAGE, f"no such CA file: {ca_file}")
+    access = CloudAccess(url=url, ca_file=ca_file, **values)
+    if access.token:
+        return access
+    if not access.user:
+        raise Failure(EXIT_USAGE, "give --user (or C8Y_USER), or a --token")
+    if not access.tenant:
+        access = replace(access, tenant=_login_tenant(access))
+    if not access.password:
+        access = replace(access, password=_ask_password(access))
+    return access
 
 
-def _ask_password(values):
+def _login_tenant(access):
+    try:
+        tenant = C8y(access).login_tenant()
+    except (CloudError, CloudUnreachable) as exc:
+        raise Failure(EXIT_ERROR, f"cannot find the tenant id from the tenant's login options: {exc}; give --tenant or C8Y_TENANT") from None
+    if not tenant:
+        raise Failure(EXIT_USAGE, f"{access.url} does not say which tenant it is: give --tenant or C8Y_TENANT")
+    return tenant
+
+
+def _ask_password(access):
     try:
         with open("/dev/tty"):
             pass
     except OSError:
         raise Failure(EXIT_USAGE, "no password: give C8Y_PASSWORD or --password (there is no terminal to ask on)") from None
-    return getpass.getpass(f"password for {values['tenant']}/{values['user']}: ")
+    return getpass.getpass(f"password for {access.tenant}/{access.user}: ")
 
 
 def find_target(c8y, device, config):
@@ -103,7 +130,9 @@ def find_target(c8y, device, config):
         if exc.status == 401:
             raise Failure(EXIT_CREDENTIALS, "credentials rejected (401): check the tenant, user and password, or the token") from None
         if exc.status == 403:
-            raise Failure(EXIT_ROLE, "access denied (403): the user needs the role ROLE_REMOTE_ACCESS_ADMIN") from None
+            raise Failure(EXIT_ROLE, f"access denied (403): {MISSING_ROLE}") from None
+        if exc.status == 404:  # the device was found: it is its remote access that is not there
+            raise Failure(EXIT_ERROR, f"remote access refused (404): {NOT_SUBSCRIBED}") from None
         raise Failure(EXIT_ERROR, str(exc)) from None
     except CloudUnreachable as exc:
         raise Failure(EXIT_ERROR, str(exc)) from None
@@ -141,7 +170,7 @@ class Connector:
         self._path = f"/service/remoteaccess/client/{device_id}/configurations/{config['id']}"
         self._lock = threading.Lock()
         self._tunnels = set()
-        self._stopping = False
+        self._stopped_by = None
 
     def carry(self, endpoint, name):
         """Carry one connection to its end; returns the Tunnel, or raises Failure when none could open."""
@@ -154,8 +183,8 @@ class Connector:
         tunnel = Tunnel(endpoint, ws, name, PING_INTERVAL)
         with self._lock:
             self._tunnels.add(tunnel)
-            if self._stopping:
-                tunnel.stop(1001, "cra-connect is stopping")
+            if self._stopped_by:
+                tunnel.stop(*self._stopped_by)
         try:
             tunnel.run()
         finally:
@@ -163,12 +192,13 @@ class Connector:
                 self._tunnels.discard(tunnel)
         return tunnel
 
-    def stop(self):
+    def stop(self, code, reason):
+        """Close every tunnel with this close code and reason, and any that opens from now on."""
         with self._lock:
-            self._stopping = True
+            self._stopped_by = (code, reason)
             tunnels = list(self._tunnels)
         for tunnel in tunnels:
-            tunnel.stop(1001, "cra-connect is stopping")
+            tunnel.stop(code, reason)
 
 
 def device_absent(tunnel):
@@ -180,15 +210,21 @@ def device_absent(tunnel):
 
 
 def stop_on_signals(connector):
-    """SIGTERM/SIGINT stop the connector from a thread of its own: a handler runs on the main thread,
-    which may hold the very locks connector.stop() takes. Returns the Event the signals set."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    """The signals stop the connector from a thread of its own: a handler runs on the main thread, which
+    may hold the very locks connector.stop() takes. ssh sends SIGHUP to its ProxyCommand when its session
+    ends, so a hang-up is a normal end. Returns the Event the signals set."""
+    stopping, received = threading.Event(), []
+
+    def note(signum, _frame):
+        received.append(signum)
+        stopping.set()
+
+    for signum in STOPS:
+        signal.signal(signum, note)
 
     def stop_when_told():
         stopping.wait()
-        connector.stop()
+        connector.stop(*STOPS[received[0]])
 
     threading.Thread(target=stop_when_told, name="stop", daemon=True).start()
     return stopping

@@ -21,6 +21,7 @@ from cra.frames import CHUNK, send_binary
 from cra.websocket_leg import CLOSE_REASON_BYTES
 
 CLOSE_WAIT = 2.0
+OPENING_BYTES = 16
 DATA_OPCODES = (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT, ABNF.OPCODE_CONT)
 
 
@@ -28,6 +29,7 @@ class Tunnel:
     def __init__(self, endpoint, ws, name, ping_interval):
         self.endpoint, self.ws, self.name = endpoint, ws, name
         self.sent = self.received = 0
+        self.opening = b""  # the endpoint's first bytes, by which a target's protocol can be told
         self.reason = None
         self.cloud_close = None  # (code, text) of the cloud's close frame, when it closed the tunnel
         self._ping_interval = ping_interval
@@ -90,6 +92,8 @@ class Tunnel:
                 return self._end(f"{self.endpoint.name} failed: {_words(exc)}", 1000)
             if not data:
                 return self._end(f"{self.endpoint.name} closed the connection", 1000)
+            if not self.sent:
+                self.opening = data[:OPENING_BYTES]
             try:
                 send_binary(self.ws, data)
             except (OSError, websocket.WebSocketException) as exc:

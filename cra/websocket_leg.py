@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import websocket
 
-from cra.c8y import proxy_url
+from cra.c8y import NOT_SUBSCRIBED, proxy_url, tls_failure
 from cra.operation import masked
 
 # A proxy is used for every host: websocket-client, given no exceptions, falls back to its own
@@ -20,7 +20,7 @@ CLOSE_REASON_BYTES = 123  # what a close frame has room for after its code
 DEVICE_REFUSALS = {
     401: "check the device credentials ([c8y] user/password or token)",
     403: "the device user may not open remote access tunnels",
-    404: "the connection key is unknown or used: the user's session ended or timed out before the agent connected",
+    404: f"the connection key is unknown or used (the user's session ended or timed out before the agent connected), or {NOT_SUBSCRIBED}",
 }
 
 
@@ -69,8 +69,7 @@ def open_websocket(access, path, timeout, refusals, shown=None):
     except (websocket.WebSocketTimeoutException, socket.timeout):
         raise WebSocketLegError(f"cloud did not open the tunnel within {timeout:g} s ({where})") from None
     except ssl.SSLError as exc:
-        raise WebSocketLegError(f"TLS verification of the cloud failed ({exc.reason or exc}): "
-                                f"check [c8y] url and ca_file") from None
+        raise WebSocketLegError(f"cannot open the tunnel to the cloud ({where}): {tls_failure(str(exc))}") from None
     except websocket.WebSocketProxyException as exc:
         raise WebSocketLegError(f"the proxy did not open the tunnel: {exc}") from None
     except websocket.WebSocketAddressException:

@@ -120,9 +120,8 @@ class Cloud(_Program):
     def api(self, auth=ADMIN):
         session = requests.Session()
         session.auth = auth
-        session.verify = self.ca_file or True
         session.headers["Accept"] = "application/json"
-        return _BaseUrlSession(session, self.url)
+        return _BaseUrlSession(session, self.url, self.ca_file or True)
 
     def device_id(self, external_id="gw-001", auth=ADMIN):
         return self.api(auth).get(f"/identity/externalIds/c8y_Serial/{external_id}").json()["managedObject"]["id"]
@@ -226,13 +225,14 @@ def wait_for_status(cloud, op_id, statuses=("SUCCESSFUL", "FAILED"), timeout=20)
 
 
 class _BaseUrlSession:
-    """requests.Session with paths relative to the cloud's URL."""
+    """requests.Session with paths relative to the cloud's URL; `verify` per request, where REQUESTS_CA_BUNDLE
+    cannot override it."""
 
-    def __init__(self, session, base):
-        self.session, self.base = session, base
+    def __init__(self, session, base, verify):
+        self.session, self.base, self.verify = session, base, verify
 
     def __getattr__(self, method):
-        return lambda path, **kw: self.session.request(method.upper(), self.base + path, timeout=30, **kw)
+        return lambda path, **kw: self.session.request(method.upper(), self.base + path, timeout=30, verify=self.verify, **kw)
 
 
 def receive_close(ws):

@@ -152,6 +152,30 @@ def test_early_bytes_of_either_side_arrive_first_and_in_order(cloud, make_agent,
     assert server.connection(0).outcome() == b"early-1 early-2 later"
 
 
+@pytest.mark.parametrize("version, advised", [(b"RFB 005.000\n", True), (b"RFB 003.008\n", False)],
+                         ids=["RealVNC-5", "RFB-3.8"])
+def test_a_vnc_server_offering_rfb_5_is_named_with_the_setting_that_fixes_it(cloud, make_agent, serve, version, advised):
+    """RealVNC offers its own RFB 005.000, which the platform's VNC client cannot speak: the session
+    fails in the browser with nothing to go on. The agent says, once, which server it was and what to
+    set; a server offering RFB 3.8 gets no such line."""
+    def vnc_server(sock):
+        sock.sendall(version)
+        return recv_until_eof(sock)
+
+    server = serve(vnc_server)
+    agent = make_agent(cloud)
+    client, op = connect(cloud, configure(cloud, server.port))
+    assert ws_recv_exactly(client, len(version)) == version
+    client.close()
+    agent.wait_for_log(rf"tunnel {op['id']} closed")
+    advice = [line for line in agent.log().splitlines() if "ProtocolVersion" in line]
+    if advised:
+        assert len(advice) == 1 and f"127.0.0.1:{server.port} is a VNC server that offers RFB 005.000" in advice[0] \
+            and "set the server's ProtocolVersion to 3.8" in advice[0], agent.log()
+    else:
+        assert advice == [], advice
+
+
 def test_the_user_closing_ends_the_local_connection_and_the_operation_stays_successful(cloud, make_agent, serve):
     """A user who quits must not leave a session open on the device; and a normal end is no failure."""
     server = serve(recv_until_eof)

@@ -23,7 +23,7 @@ from support import ADMIN, VIEWER, wait_for_status
 from tunnel_tools import in_parallel, join_all, recv_exactly, start_thread
 
 CRA_CONNECT = os.path.join(os.path.dirname(sys.executable), "cra-connect")
-EXIT_OK, EXIT_USAGE, EXIT_CREDENTIALS, EXIT_ROLE = 0, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CREDENTIALS, EXIT_ROLE = 0, 1, 2, 3, 4
 EXIT_NO_DEVICE, EXIT_NO_CONFIGURATION, EXIT_DEVICE_ABSENT = 5, 6, 7
 RUN_TIMEOUT = 30  # a refusal is a few REST calls
 EXIT_TIMEOUT = 15  # cra-connect gives its tunnels 3 s once told to stop
@@ -247,13 +247,26 @@ REFUSALS = {
         lambda cloud: {"C8Y_HOST": cloud.url}, EXIT_CREDENTIALS, r"credentials rejected"),
     "missing-role": Refusal(
         ["--device", "gw-001", "--config", "ssh", "--stdio"], lambda cloud: password_environment(cloud, VIEWER),
-        EXIT_ROLE, r"needs the role ROLE_REMOTE_ACCESS_ADMIN"),
+        EXIT_ROLE, r"access denied \(403\): the user needs the role ROLE_REMOTE_ACCESS_ADMIN: in Administration > "
+                   r"Accounts > Users, give the user a global role with Remote access"),
     "no-url": Refusal(
         ["--device", "gw-001", "--config", "ssh", "--stdio"], without("C8Y_HOST"), EXIT_USAGE,
         r"give the tenant's URL with --url or C8Y_HOST"),
     "no-user": Refusal(
         ["--device", "gw-001", "--config", "ssh", "--stdio"], without("C8Y_USER"), EXIT_USAGE,
-        r"give --tenant and --user \(or C8Y_TENANT and C8Y_USER\), or a --token"),
+        r"give --user \(or C8Y_USER\), or a --token"),
+    "https-to-a-plain-http-cloud": Refusal(
+        ["--device", "gw-001", "--config", "ssh", "--stdio"],
+        lambda cloud: {**password_environment(cloud), "C8Y_HOST": cloud.url.replace("http://", "https://")},
+        EXIT_ERROR, r"cannot reach https://127\.0\.0\.1:\d+: TLS failed: the server does not speak TLS "
+                    r"\(is its URL http:// rather than https://\?\)"),
+    "host-without-scheme-is-https": Refusal(
+        ["--device", "gw-001", "--config", "ssh", "--stdio"],
+        lambda cloud: {**password_environment(cloud), "C8Y_HOST": cloud.url[len("http://"):]},
+        EXIT_ERROR, r"cannot reach https://127\.0\.0\.1:\d+: TLS failed: the server does not speak TLS"),
+    "no-such-ca-file": Refusal(
+        ["--device", "gw-001", "--config", "ssh", "--stdio", "--ca-file", "/nonexistent/ca.pem"], admin, EXIT_USAGE,
+        r"no such CA file: /nonexistent/ca\.pem"),
     "no-password-no-terminal": Refusal(
         ["--device", "gw-001", "--config", "ssh", "--stdio"], without("C8Y_PASSWORD"), EXIT_USAGE,
         r"no password: give C8Y_PASSWORD or --password \(there is no terminal to ask on\)"),
@@ -361,12 +374,16 @@ def test_port_carries_concurrent_connections_each_in_its_own_tunnel(cloud, agent
     assert connect.stop() == EXIT_OK, connect.stderr()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_closes_open_connections_and_exits_0(cloud, agent, echo, target, start_connect, signum):
-    """Stopping cra-connect (kill, or Ctrl-C) with sessions open ends each of them cleanly: the local
-    program sees its connection closed rather than hanging, the agent closes those tunnels (so the
-    device's target is released) and its log says cra-connect ended them, not that a connection
-    dropped; cra-connect exits 0 without a traceback."""
+@pytest.mark.parametrize("signum, close", [
+    (signal.SIGTERM, "1001: cra-connect is stopping"),
+    (signal.SIGINT, "1001: cra-connect is stopping"),
+    (signal.SIGHUP, "1000: cra-connect was hung up on: the program that started it ended"),
+], ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_signal_closes_open_connections_and_exits_0(cloud, agent, echo, target, start_connect, signum, close):
+    """Stopping cra-connect (kill, Ctrl-C, or the hang-up ssh sends its ProxyCommand when the session
+    ends) with sessions open ends each of them cleanly: the local program sees its connection closed
+    rather than hanging, the agent closes those tunnels (so the device's target is released) and its
+    log says cra-connect ended them, not that a connection dropped; cra-connect exits 0 without a traceback."""
     connect = start_connect(["--device", "gw-001", "--config", target.config_id, "--port", "0"],
                             password_environment(cloud))
     port = int(connect.listening()["port"])
@@ -386,7 +403,7 @@ def test_signal_closes_open_connections_and_exits_0(cloud, agent, echo, target, 
     assert "Traceback" not in connect.stderr(), connect.stderr()
     for line in opened:
         op_id = re.search(r"tunnel (\d+) open", line).group(1)
-        agent.wait_for_log(rf"tunnel {op_id} closed: .*: the cloud closed the tunnel \(1001: cra-connect is stopping\)")
+        agent.wait_for_log(rf"tunnel {op_id} closed: .*: the cloud closed the tunnel \({re.escape(close)}\)")
 
 
 def test_the_only_passthrough_configuration_is_chosen(cloud, make_agent, start_connect):
@@ -406,3 +423,45 @@ def test_the_only_passthrough_configuration_is_chosen(cloud, make_agent, start_c
         payload = os.urandom(64 * KiB)
         assert echo_through(int(line["port"]), payload) == payload
         assert connect.stop() == EXIT_OK, connect.stderr()
+
+
+def test_without_a_tenant_the_tenants_login_options_name_it(cloud, agent, echo, target, start_connect):
+    """Like c8ylp, cra-connect needs only the URL, user and password: the tenant id is the one the
+    tenant's public login options name."""
+    connect = start_connect(["--device", "gw-001", "--config", target.name, "--port", "0"],
+                            {k: v for k, v in password_environment(cloud).items() if k != "C8Y_TENANT"})
+    payload = os.urandom(64 * KiB)
+    assert echo_through(int(connect.listening()["port"]), payload) == payload
+    assert connect.stop() == EXIT_OK, connect.stderr()
+
+
+def test_over_tls_the_authority_comes_from_the_environment_and_is_required(make_cloud, make_agent, start_connect):
+    """Against a tenant with a private authority (as make_run's cloud has), CRA_C8Y_CA_FILE, the same
+    variable the agent reads, makes cra-connect trust it for REST and the tunnel; without it the
+    certificate is refused, and the user is told why and what to give."""
+    cloud = make_cloud(tls=True)
+    make_agent(cloud).wait_for_log(r"device gw-001 is managed object")
+    with EchoServer() as echo:
+        config_id = add_configuration(cloud, cloud.device_id(), LOCALHOST, echo.port)
+        args = ["--device", "gw-001", "--config", str(config_id), "--port", "0"]
+
+        refused = run_connect(args, password_environment(cloud))
+        assert refused.returncode == EXIT_ERROR, refused.stderr
+        assert re.search(r"cannot reach https://127\.0\.0\.1:\d+: TLS verification failed: the server's certificate "
+                         r"is not trusted \(unable to get local issuer certificate\): give the authority that signed it "
+                         r"as the CA file", refused.stderr), refused.stderr
+
+        connect = start_connect(args, {**password_environment(cloud), "CRA_C8Y_CA_FILE": cloud.ca_file})
+        payload = os.urandom(64 * KiB)
+        assert echo_through(int(connect.listening()["port"]), payload) == payload
+        assert connect.stop() == EXIT_OK, connect.stderr()
+
+
+def test_a_tenant_without_remote_access_is_named_with_the_fix(make_cloud):
+    """A tenant not subscribed to Cloud Remote Access answers 404 to every remote access request: the
+    user is told that, and what to subscribe, not that a configuration is missing."""
+    cloud = make_cloud(args=["--unsubscribed-tenant", "t100"])
+    result = run_connect(["--device", "gw-001", "--config", "ssh", "--stdio"], password_environment(cloud))
+    assert result.returncode == EXIT_ERROR, result.stderr
+    assert "remote access refused (404): the tenant is not subscribed to Cloud Remote Access: subscribe the " \
+           "cloud-remote-access microservice" in result.stderr, result.stderr
