@@ -1,11 +1,10 @@
-"""`make run`: what it prints works when typed, and Ctrl-C leaves nothing of it running."""
+"""`make run`: what it prints works when typed, and Ctrl-C leaves nothing of it behind."""
 import os
 import re
-import shlex
 import signal
+import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from cra.cloud.demo import LocalSshd, free_port
@@ -37,7 +36,16 @@ def alive(pid):
         return False
 
 
-def test_make_run_shows_a_working_system_and_stops_all_of_it():
+def run_as_printed(command):
+    """A printed command line through /bin/sh -c exactly as printed; a shell reading stdin (ssh without a
+    command) gets one command to run."""
+    return subprocess.run(["/bin/sh", "-c", command], input="echo demo-$((6 * 7))\n", capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_make_run_shows_a_working_system_over_tls_and_stops_all_of_it():
+    """Every command the demo prints works when pasted into a shell, over https/wss with the demo's own
+    authority; Ctrl-C says it stops, stops every process and removes the demo's files (private keys)."""
     demo = subprocess.Popen([sys.executable, "-m", "cra.cloud.demo", "--port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -48,13 +56,17 @@ def test_make_run_shows_a_working_system_and_stops_all_of_it():
             if READY in line or not line:
                 break
         assert READY in printed, printed
-        web = re.search(r"curl (http://127\.0\.0\.1:\d+/)", printed).group(1)
-        with urllib.request.urlopen(web, timeout=30) as page:
-            assert b"Hello from behind the gateway" in page.read()
+        assert re.search(r"^cra-cloud +https://127\.0\.0\.1:\d+ ", printed, re.M), printed
+        workdir = re.search(r"^files +(\S+):", printed, re.M).group(1)
+        commands = re.findall(r"^\s+\$ (.*)$", printed, re.M)
+        expected = {"curl --cacert": '"userName": "admin"', "curl http": "Hello from behind the gateway"}
         if LocalSshd.available():
-            ssh = shlex.split(re.search(r"^\s+(ssh -p .*)$", printed, re.M).group(1))
-            login = subprocess.run([*ssh, "echo logged in as $(id -un)"], capture_output=True, text=True, timeout=60)
-            assert login.stdout.strip() == f"logged in as {LocalSshd('.').user}", login.stderr
+            expected.update({"ssh -p": "demo-42", "ssh -F": "demo-42"})
+        assert sorted(next((k for k in expected if c.startswith(k)), c) for c in commands) == sorted(expected), commands
+        for command in commands:
+            result = run_as_printed(command)
+            wanted = next(v for k, v in expected.items() if command.startswith(k))
+            assert result.returncode == 0 and wanted in result.stdout, f"{command}\n{result.stdout}\n{result.stderr}"
         started = children(demo.pid)
         assert len(started) >= 4  # cra-cloud, cra-agent, and a cra-connect per service
     finally:
@@ -62,3 +74,17 @@ def test_make_run_shows_a_working_system_and_stops_all_of_it():
         code = demo.wait(30)
     assert code == 0
     assert not [pid for pid in started if alive(pid)], "processes of the demo outlived Ctrl-C"
+    said = demo.stdout.read()
+    assert "stopping cra-connect, cra-agent, cra-cloud" in said and f"stopped; {workdir} removed" in said, said
+    assert not os.path.exists(workdir)
+
+
+def test_a_port_in_use_is_named_with_the_reason():
+    """`make run PORT=<busy>` says why the cloud could not start, not just that it did not."""
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cra.cloud.demo", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert re.search(rf"cloud did not start: cra-cloud: cannot listen on 127\.0\.0\.1:{port}: .*address already in use",
+                     result.stderr), result.stderr

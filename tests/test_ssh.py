@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from cra.cloud.demo import LocalSshd
+from agent_peers import wait_for_log_count
 from support import ADMIN
 
 pytestmark = pytest.mark.skipif(not LocalSshd.available(), reason="OpenSSH server not installed (make test installs it)")
@@ -80,6 +81,9 @@ def test_ssh_through_proxy_command_runs_a_command_and_copies_32_mib_each_way(clo
     assert run(["ssh", *options, target, "echo through the tunnel: $((6 * 7))"], env) == "through the tunnel: 42\n"
     copy_both_ways(["scp", *options, "-o", f"User={ssh_target.user}"], tmp_path, "stdio", env)
     assert "Traceback" not in cloud.log()
+    # ssh hangs up on its ProxyCommand as it exits: each session still ends with a close, not a drop.
+    ended = wait_for_log_count(cloud, r"session \d+ ended", 3)
+    assert not [line for line in ended if "dropped" in line], ended
 
 
 def test_four_concurrent_ssh_sessions_through_the_port_listener(cloud, ssh_target, tmp_path):

@@ -1,8 +1,10 @@
 """`make run`: the whole system on one machine, with no tenant.
 
-cra-cloud with a seed, the agent for device gw-001, the services behind the "gateway" (a small
-web page, and a real OpenSSH server when one is installed), and cra-connect in front of each,
-then a few lines on what runs where and what to type. Ctrl-C stops everything it started.
+cra-cloud with a seed, serving https and wss under a certificate from a local authority of its
+own, the agent for device gw-001, the services behind the "gateway" (a small web page, and a real
+OpenSSH server when one is installed), and cra-connect in front of each; then what runs where,
+and commands to type (each line that starts with "$ " runs as printed). Ctrl-C stops everything
+it started and removes its files, keys included.
 """
 import argparse
 import getpass
@@ -10,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +21,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from cra.cloud import certificates
 
 SSHD = "/usr/sbin/sshd"
 BIN = os.path.dirname(sys.executable)
@@ -136,64 +141,88 @@ def start(command, workdir, name, env=None):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **(env or {})}, text=True)
 
 
-def first_line(proc, what, pattern):
+def first_line(proc, workdir, name, pattern):
+    """What `pattern` finds in the program's first line; RuntimeError with the program's own last words when
+    it printed none."""
     line = proc.stdout.readline()
     match = re.search(pattern, line)
-    if not match:
-        raise RuntimeError(f"{what} did not start: {line.strip() or 'no output'} (see its log)")
-    return match.group(1)
+    if match:
+        return match.group(1)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    with open(os.path.join(workdir, f"{name}.log"), errors="replace") as log:
+        said = [text.strip() for text in log if text.strip()]
+    raise RuntimeError(f"{name} did not start: {line.strip() or (said[-1] if said else 'no output')}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="cra-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8111, help="cra-cloud's port (default: %(default)s)")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
     workdir = tempfile.mkdtemp(prefix="cra-demo-")
+    try:
+        return run(args.port, workdir, stop)
+    except RuntimeError as exc:
+        print(f"cra-demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"cra-demo: stopped; {workdir} removed", flush=True)
+
+
+def run(port, workdir, stop):
+    ca_file, certfile, keyfile = certificates.issue(workdir)
     web, sshd, procs = WebPage(), None, []
     configurations = [{"name": "web", "hostname": "127.0.0.1", "port": web.port, "protocol": "PASSTHROUGH"}]
-    if LocalSshd.available():
-        sshd = LocalSshd(workdir).start()
-        configurations.append({"name": "ssh", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "SSH"})
-    seed_path = os.path.join(workdir, "seed.json")
-    with open(seed_path, "w") as handle:
-        json.dump(seed(configurations), handle)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
-        cloud = start([sys.executable, "-m", "cra.cloud", "--port", str(args.port), "--seed", seed_path], workdir, "cloud")
-        procs.append(cloud)
-        url = first_line(cloud, "cra-cloud", r"listening on (\S+)")
+        if LocalSshd.available():
+            sshd = LocalSshd(workdir).start()
+            configurations.append({"name": "ssh", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "PASSTHROUGH"})
+        seed_path = os.path.join(workdir, "seed.json")
+        with open(seed_path, "w") as handle:
+            json.dump(seed(configurations), handle)
+        procs.append(start([sys.executable, "-m", "cra.cloud", "--port", str(port), "--seed", seed_path,
+                            "--certfile", certfile, "--keyfile", keyfile], workdir, "cloud"))
+        url = first_line(procs[-1], workdir, "cloud", r"listening on (\S+)")
         agent_conf = os.path.join(workdir, "agent.conf")
         with open(agent_conf, "w") as handle:
-            handle.write(f"[c8y]\nurl = {url}\ntenant = t100\nuser = {DEVICE['user']}\nexternal_id = gw-001\n"
-                         f"[agent]\npoll_interval = 1\n")
+            handle.write(f"[c8y]\nurl = {url}\nca_file = {ca_file}\ntenant = t100\nuser = {DEVICE['user']}\n"
+                         f"external_id = gw-001\n[agent]\npoll_interval = 1\n")
         procs.append(start([os.path.join(BIN, "cra-agent"), "--foreground", "-c", agent_conf], workdir, "agent",
                            {"CRA_C8Y_PASSWORD": DEVICE["password"]}))
-        user_env = {"C8Y_HOST": url, "C8Y_TENANT": "t100", "C8Y_USER": ADMIN["user"], "C8Y_PASSWORD": ADMIN["password"]}
+        user_env = {"C8Y_HOST": url, "C8Y_USER": ADMIN["user"], "C8Y_PASSWORD": ADMIN["password"], "CRA_C8Y_CA_FILE": ca_file}
         ports = {}
         for config in configurations:
-            connect = start([os.path.join(BIN, "cra-connect"), "--device", "gw-001", "--config", config["name"], "--port", "0"],
-                            workdir, f"connect-{config['name']}", user_env)
-            procs.append(connect)
-            ports[config["name"]] = first_line(connect, "cra-connect", r"listening on 127\.0\.0\.1:(\d+)")
+            name = f"connect-{config['name']}"
+            procs.append(start([os.path.join(BIN, "cra-connect"), "--device", "gw-001", "--config", config["name"],
+                                "--port", "0"], workdir, name, user_env))
+            ports[config["name"]] = first_line(procs[-1], workdir, name, r"listening on 127\.0\.0\.1:(\d+)")
         print(f"""
-cra-cloud    {url}  tenant t100, user admin / admin-pw (device gw-001: device_gw-001 / dev-pw)
+cra-cloud    {url}  tenant t100, user admin / admin-pw (device gw-001: device_gw-001 / dev-pw);
+             its certificate is from a local authority, {ca_file}: trust it with curl --cacert,
+             cra-connect --ca-file or CRA_C8Y_CA_FILE, the agent's [c8y] ca_file
+               $ {shlex.join(["curl", "--cacert", ca_file, "-u", "t100/admin:admin-pw", url + "/user/currentUser"])}
 cra-agent    device gw-001, operations by real-time notification (polling every second when unavailable)
 web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['web']}:
-               curl http://127.0.0.1:{ports['web']}/""")
+               $ curl http://127.0.0.1:{ports['web']}/""")
         if sshd:
+            proxy = shlex.join(["env", *(f"{k}={v}" for k, v in user_env.items()), os.path.join(BIN, "cra-connect"),
+                                "--stdio", "--device", "gw-001", "--config", "ssh"])
             print(f"""sshd         127.0.0.1:{sshd.port}, reached through cra-connect on port {ports['ssh']}:
-               ssh -p {ports['ssh']} {' '.join(sshd.client_options())} {sshd.user}@127.0.0.1
-             or without a listener:
-               ssh {' '.join(sshd.client_options())} -o ProxyCommand='C8Y_HOST={url} C8Y_TENANT=t100 C8Y_USER=admin C8Y_PASSWORD=admin-pw {BIN}/cra-connect --stdio --device gw-001 --config ssh' {sshd.user}@gw-001""")
+               $ {shlex.join(["ssh", "-p", ports['ssh'], *sshd.client_options(), f"{sshd.user}@127.0.0.1"])}
+             or with cra-connect as ssh's ProxyCommand, no listener:
+               $ {shlex.join(["ssh", *sshd.client_options(), "-o", f"ProxyCommand={proxy}", f"{sshd.user}@gw-001"])}""")
         else:
             print("sshd         not installed (apt-get install openssh-server), so no SSH demo")
-        print(f"logs         {workdir}\nCtrl-C stops everything.", flush=True)
+        print(f"files        {workdir}: logs, keys and certificates, removed when the demo stops\n"
+              f"Ctrl-C stops everything.", flush=True)
         stop.wait()
-    except RuntimeError as exc:
-        print(f"cra-demo: {exc}; logs in {workdir}", file=sys.stderr)
-        return 1
+        print("\ncra-demo: stopping cra-connect, cra-agent, cra-cloud and the services", flush=True)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
