@@ -87,7 +87,7 @@ class Driver:
                     self.args.user, self.args.password, None, None).connect()
 
     def _websocat(self, connect):
-        """WIRE.md section 4: the Authorization header and the `binary` subprotocol, binary frames."""
+        """docs/wire.md section 4: the Authorization header and the `binary` subprotocol, binary frames."""
         ws_url = "ws" + self.args.url[len("http"):] + "/service/remoteaccess/device/" + connect["connectionKey"]
         env = dict(os.environ, SSL_CERT_FILE=self.args.ca_file) if self.args.ca_file else None
         self.children.append(subprocess.Popen(

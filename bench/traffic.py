@@ -56,7 +56,7 @@ class TcpStream:
 
 def websocket(port, path, authorization):
     """The user's end as a WebSocket client (RFC 6455) of the relay at 127.0.0.1:port: the upgrade
-    with Authorization and the `binary` subprotocol (WIRE.md section 4), which creates the operation."""
+    with Authorization and the `binary` subprotocol (docs/wire.md section 4), which creates the operation."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     key = base64.b64encode(os.urandom(16)).decode()

@@ -1,4 +1,4 @@
-"""One Bayeux (CometD) long-polling session at the platform's operation notifications (WIRE.md
+"""One Bayeux (CometD) long-polling session at the platform's operation notifications (docs/wire.md
 section 3): handshake, subscribe to the device's channel, then connect after connect, each held by
 the platform until an operation for the device is created or its hold ends.
 

@@ -1,4 +1,4 @@
-"""Bootstrap registration (WIRE.md section 2): a device with no credentials of its own asks the
+"""Bootstrap registration (docs/wire.md section 2): a device with no credentials of its own asks the
 platform for them with the tenant's bootstrap user, and keeps them in a file. The platform hands
 them out only once, so they are kept with care: the directory is checked before asking, the file
 is replaced atomically, and a file the agent cannot read is reported, never overwritten.

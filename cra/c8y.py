@@ -1,4 +1,4 @@
-"""The platform's REST API, as much as the agent and cra-connect use (WIRE.md sections 1-3, 5), over one session.
+"""The platform's REST API, as much as the agent and cra-connect use (docs/wire.md sections 1-3, 5), over one session.
 
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
@@ -147,7 +147,7 @@ class C8y:
 
     def device_credentials(self, external_id):
         """The device's own tenant, user and password, asked for with the bootstrap user; None (404)
-        until an administrator has accepted the device in Device Management (WIRE.md section 2)."""
+        until an administrator has accepted the device in Device Management (docs/wire.md section 2)."""
         try:
             answer = self._call("POST", "/devicecontrol/deviceCredentials", "devicecredentials", {"id": external_id})
         except CloudError as exc:
@@ -167,7 +167,7 @@ class C8y:
         return operations
 
     def configurations(self, device_id):
-        """The device's remote access configurations (WIRE.md section 5)."""
+        """The device's remote access configurations (docs/wire.md section 5)."""
         configs = self._call("GET", f"/service/remoteaccess/devices/{device_id}/configurations", shape=list)
         if not all(isinstance(c, dict) and "id" in c for c in configs):
             raise CloudUnreachable("the configuration list holds something that is not a configuration")
@@ -175,7 +175,7 @@ class C8y:
 
     def notification(self, messages, read_timeout=None):
         """Bayeux messages to the operations' real-time notification endpoint, and its answer
-        (WIRE.md section 3); a held connect gets a `read_timeout` that outlasts its hold."""
+        (docs/wire.md section 3); a held connect gets a `read_timeout` that outlasts its hold."""
         return self._call("POST", NOTIFICATIONS, body=messages, shape=list, read_timeout=read_timeout)
 
     def close(self):

@@ -34,7 +34,7 @@ class CloudAccess:
 
     @property
     def authorization(self):
-        """The Authorization header: Bearer with a token, else Basic with the tenant-prefixed user (WIRE.md section 1)."""
+        """The Authorization header: Bearer with a token, else Basic with the tenant-prefixed user (docs/wire.md section 1)."""
         if self.token:
             return f"Bearer {self.token}"
         return "Basic " + base64.b64encode(f"{self.tenant}/{self.user}:{self.password}".encode()).decode()

@@ -1,4 +1,4 @@
-"""The device in the inventory (WIRE.md section 2): found by its c8y_Serial or created, and made to
+"""The device in the inventory (docs/wire.md section 2): found by its c8y_Serial or created, and made to
 offer remote access. What it already lists is merged, never dropped: other agents on the same
 device may support other operations.
 """

@@ -1,4 +1,4 @@
-"""Opening a remote access WebSocket (WIRE.md section 4) and saying, in words, why one would not open.
+"""Opening a remote access WebSocket (docs/wire.md section 4) and saying, in words, why one would not open.
 
 The agent opens the device end; cra-connect opens the client end. Both offer `binary`, send the
 Authorization of section 1, verify TLS, and go through the proxy REST uses (c8y.proxy_url).

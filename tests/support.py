@@ -90,7 +90,6 @@ class Cloud(_Program):
         self.url = None
         self.ca_file = None
         if tls:
-            (workdir / "tls").mkdir(exist_ok=True)
             self.ca_file, certfile, keyfile = certificates.issue(workdir / "tls")
             self.args += ["--certfile", certfile, "--keyfile", keyfile]
 
@@ -141,7 +140,7 @@ class Cloud(_Program):
         return websocket.create_connection(url, header=header, timeout=30, **self._tls(options))
 
     def open_device(self, key, auth=DEVICE, **options):
-        """The agent's leg, as WIRE.md section 4 describes it."""
+        """The agent's leg, as docs/wire.md section 4 describes it."""
         url = f"{self.ws_url}/service/remoteaccess/device/{key}"
         return websocket.create_connection(url, header={"Authorization": basic(auth)}, subprotocols=["binary"],
                                            timeout=30, **self._tls(options))

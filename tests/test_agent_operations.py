@@ -53,7 +53,7 @@ def devices_with_serial(cloud, serial):
     return found
 
 
-# Registration (WIRE.md section 2)
+# Registration (docs/wire.md section 2)
 
 
 @pytest.mark.parametrize("user", [

@@ -24,7 +24,7 @@ from cra.websocket_leg import WebSocketLegError, open_device_websocket
 
 
 def test_an_agent_with_a_bearer_token_registers_and_carries_tunnels(cloud, make_agent, users):
-    """Devices with certificates get a token instead of a password (WIRE.md section 1): REST and
+    """Devices with certificates get a token instead of a password (docs/wire.md section 1): REST and
     the tunnel's upgrade must both carry it."""
     token = cloud.api(None).post("/tenant/oauth/token", data={
         "grant_type": "PASSWORD", "username": DEVICE[0], "password": DEVICE[1]}).json()["access_token"]

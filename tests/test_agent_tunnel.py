@@ -1,4 +1,4 @@
-"""The agent's tunnels end to end (WIRE.md section 4, issue 3): a user's tool on the client
+"""The agent's tunnels end to end (docs/wire.md section 4, issue 3): a user's tool on the client
 endpoint of a real cra-cloud, the real agent process, and real TCP services on 127.0.0.1 behind it.
 """
 import hashlib

@@ -1,4 +1,4 @@
-"""Who may do what on cra-cloud (WIRE.md section 1): credentials, roles, device scope, tenants, secrets in the log.
+"""Who may do what on cra-cloud (docs/wire.md section 1): credentials, roles, device scope, tenants, secrets in the log.
 
 Every check goes through the real process, the way the agent (Basic, Bearer) or a user's tool
 (Basic, Bearer, cookie) would.

@@ -1,4 +1,4 @@
-"""cra-cloud's real-time notifications for operations (WIRE.md section 3), through a real cra-cloud process.
+"""cra-cloud's real-time notifications for operations (docs/wire.md section 3), through a real cra-cloud process.
 
 An agent sees only the Bayeux answers to its POSTs to /notification/operations: their shapes, when
 a held connect comes back and with what. These tests check exactly that. A connect is known to be
@@ -89,7 +89,7 @@ def deliveries(answer):
 
 
 def platform_error(response, status, error):
-    """The body of an error answer, after checking it is the platform's error shape (WIRE.md section 1)."""
+    """The body of an error answer, after checking it is the platform's error shape (docs/wire.md section 1)."""
     assert response.status_code == status, f"{response.status_code} {response.text[:300]}"
     assert response.headers["Content-Type"].startswith(ERROR_MEDIA_TYPE), response.headers["Content-Type"]
     body = response.json()

@@ -1,4 +1,4 @@
-"""cra-cloud's relay (WIRE.md section 4), driven through a real cra-cloud process.
+"""cra-cloud's relay (docs/wire.md section 4), driven through a real cra-cloud process.
 
 A user's tool and an agent only see what arrives on their WebSocket: the bytes, the close code,
 the operation the client created. These tests check exactly that, plus what an operator reads in
@@ -301,7 +301,7 @@ def test_the_reason_a_device_closes_with_reaches_the_client(cloud):
 
 @pytest.mark.parametrize("dropper", ["device", "client"])
 def test_an_abrupt_drop_ends_the_other_side_without_a_close_frame(cloud, dropper):
-    """WIRE.md: the other side sees 1006, which is what a socket that just ends means."""
+    """docs/wire.md: the other side sees 1006, which is what a socket that just ends means."""
     client, device, _ = cloud.open_tunnel()
     dropped, other = ends(client, device, dropper)
     dropped.sock.shutdown(socket.SHUT_RDWR)

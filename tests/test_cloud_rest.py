@@ -1,4 +1,4 @@
-"""cra-cloud's REST endpoints, held to WIRE.md by talking to a real cra-cloud process.
+"""cra-cloud's REST endpoints, held to docs/wire.md by talking to a real cra-cloud process.
 
 Auth forms, roles and tenant isolation are in test_cloud_auth.py, the WebSocket relay in
 test_cloud_relay.py. Flows that change shared state get a fresh cloud (`cloud`); requests the
@@ -16,7 +16,7 @@ ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MIB = 1024 * 1024
 TIMEOUT_OPTION = "/tenant/options/remoteaccess/remoteaccess.operation.timeout"
-# the fragments an agent registers with (WIRE.md section 2)
+# the fragments an agent registers with (docs/wire.md section 2)
 AGENT_FRAGMENTS = {"type": "c8y_Linux", "c8y_IsDevice": {}, "com_cumulocity_model_Agent": {},
                    "c8y_SupportedOperations": ["c8y_RemoteAccessConnect"],
                    "c8y_RemoteAccessSupportedProtocols": ["PASSTHROUGH", "SSH", "VNC", "TELNET"]}
@@ -25,7 +25,7 @@ CONNECT = {"c8y_RemoteAccessConnect": {"hostname": "10.0.0.67", "port": 5900,
 
 
 def error_of(response, status, error=None, mention=None):
-    """The body of an error answer, after checking it is the platform's error shape (WIRE.md section 1)."""
+    """The body of an error answer, after checking it is the platform's error shape (docs/wire.md section 1)."""
     where = f"{response.request.method} {response.request.path_url[:80]}"
     assert response.status_code == status, f"{where}: {response.status_code} {response.text[:300]}"
     assert response.headers["Content-Type"].startswith(ERROR_MEDIA_TYPE), f"{where}: {response.headers['Content-Type']}"
@@ -64,7 +64,7 @@ def walk(api, cloud, path, key, page_size):
 
 
 def register(api, serial):
-    """WIRE.md section 2 as an agent does it the first time: look up, create, link. The created object."""
+    """docs/wire.md section 2 as an agent does it the first time: look up, create, link. The created object."""
     error_of(api.get(f"/identity/externalIds/c8y_Serial/{serial}"), 404, "identity/Not Found")
     created = api.post("/inventory/managedObjects", json={"name": serial, **AGENT_FRAGMENTS})
     mo = ok(created, 201)
@@ -95,7 +95,7 @@ def operation_in(api, device_id, path):
 
 
 def assert_mirrored(api, device_id):
-    """The device's c8y_RemoteAccessList is what the configurations endpoint lists (WIRE.md section 5)."""
+    """The device's c8y_RemoteAccessList is what the configurations endpoint lists (docs/wire.md section 5)."""
     configs = ok(api.get(f"/service/remoteaccess/devices/{device_id}/configurations"))
     mirror = ok(api.get(f"/inventory/managedObjects/{device_id}"))["c8y_RemoteAccessList"]
     assert mirror == [{k: v for k, v in c.items() if k != "self"} for c in configs]
@@ -145,7 +145,7 @@ def test_a_device_registers_itself_as_wire_section_2_says(cloud):
 
 
 def test_put_replaces_given_fragments_removes_nulls_and_keeps_the_rest(cloud):
-    """Agents send only what changed (WIRE.md section 2, step 3): the rest must survive, and id/owner are not theirs to set."""
+    """Agents send only what changed (docs/wire.md section 2, step 3): the rest must survive, and id/owner are not theirs to set."""
     api = cloud.api(DEVICE)
     mo_id = cloud.device_id()
     before = ok(api.put(f"/inventory/managedObjects/{mo_id}", json=AGENT_FRAGMENTS))

@@ -1,4 +1,4 @@
-"""cra-connect end to end (WIRE.md sections 4-5): the user's local proxy run as a real process, the
+"""cra-connect end to end (docs/wire.md sections 4-5): the user's local proxy run as a real process, the
 way a user runs it, against a real cra-cloud, with the real agent for gw-001 and an EchoServer
 behind it on 127.0.0.1.
 

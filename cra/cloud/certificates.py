@@ -19,8 +19,8 @@ HOST_ADDRESSES = ("127.0.0.1", "::1")
 
 
 def issue(directory):
-    """(ca.pem, server.pem, server.key) written in directory: an authority, and a certificate it signed
-    for localhost, 127.0.0.1 and ::1; the key readable by this user only."""
+    """(ca.pem, server.pem, server.key) written in directory (made when missing): an authority, and a
+    certificate it signed for localhost, 127.0.0.1 and ::1; the key readable by this user only."""
     now = datetime.datetime.now(datetime.timezone.utc)
     authority_key = ec.generate_private_key(ec.SECP256R1())
     authority_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cra-cloud local authority")])
@@ -38,6 +38,7 @@ def issue(directory):
               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
               .sign(authority_key, hashes.SHA256()))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     paths = tuple(os.path.join(directory, name) for name in ("ca.pem", "server.pem", "server.key"))
     _write(paths[0], authority.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(paths[1], server.public_bytes(serialization.Encoding.PEM), 0o644)

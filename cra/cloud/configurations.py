@@ -1,4 +1,4 @@
-"""Remote access configurations (WIRE.md section 5), mirrored into the device's c8y_RemoteAccessList.
+"""Remote access configurations (docs/wire.md section 5), mirrored into the device's c8y_RemoteAccessList.
 
 Secrets (password, privateKey) go into the vault and never come back out through the API.
 """

@@ -1,4 +1,4 @@
-"""Device control: operations (WIRE.md section 3) and device credentials with new device requests."""
+"""Device control: operations (docs/wire.md section 3) and device credentials with new device requests."""
 import secrets
 
 from aiohttp import web

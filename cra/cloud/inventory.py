@@ -1,4 +1,4 @@
-"""Identity and inventory: how a device finds or creates itself (WIRE.md section 2).
+"""Identity and inventory: how a device finds or creates itself (docs/wire.md section 2).
 
 A device user sees the objects it owns; other users see all of their tenant.
 """

@@ -1,4 +1,4 @@
-"""The remote access relay (WIRE.md section 4).
+"""The remote access relay (docs/wire.md section 4).
 
 A client WebSocket creates the PENDING operation and its one-use connection key, then waits for
 the device to connect with that key; from then on binary frames flow both ways. Each direction
