@@ -106,10 +106,11 @@ def tls_context(certfile, keyfile):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:  # an OSError too, so first
+        raise TlsError(f"cannot serve TLS with {certfile} and {keyfile}: they are not a PEM certificate and "
+                       f"its private key ({exc.reason or exc})") from None
     except OSError as exc:
         raise TlsError(f"cannot read {exc.filename or certfile}: {exc.strerror}") from None
-    except ssl.SSLError as exc:
-        raise TlsError(f"cannot serve TLS with {certfile} and {keyfile}: {exc.reason or exc}") from None
     return context
 
 
