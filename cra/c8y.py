@@ -232,10 +232,11 @@ def tls_failure(text):
     if "WRONG_VERSION_NUMBER" in text:
         return "TLS failed: the server does not speak TLS (is its URL http:// rather than https://?)"
     verify = re.search(r"certificate verify failed: ([^(]+)", text)
-    if verify and "mismatch" in verify.group(1):
-        return (f"TLS verification failed: the server's certificate is for another host ({verify.group(1).strip()}): "
+    why = verify.group(1).strip() if verify else ""
+    if "mismatch" in why:
+        return (f"TLS verification failed: the server's certificate is for another host ({why}): "
                 f"use the host name in the URL that the certificate was issued for")
     if verify:
-        return (f"TLS verification failed: the server's certificate is not trusted ({verify.group(1).strip()}): give the authority that "
-                f"signed it as the CA file ([c8y] ca_file; cra-connect --ca-file)")
+        return (f"TLS verification failed: the server's certificate is not trusted ({why}): give the authority "
+                f"that signed it as the CA file ([c8y] ca_file; cra-connect --ca-file)")
     return f"TLS failed ({text.strip() or 'no reason given'})"

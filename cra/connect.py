@@ -106,7 +106,8 @@ def _login_tenant(access):
     try:
         tenant = C8y(access).login_tenant()
     except (CloudError, CloudUnreachable) as exc:
-        raise Failure(EXIT_ERROR, f"cannot find the tenant id from the tenant's login options: {exc}; give --tenant or C8Y_TENANT") from None
+        raise Failure(EXIT_ERROR, f"cannot read the tenant id from the login options: {exc}; "
+                                  f"give --tenant or C8Y_TENANT") from None
     if not tenant:
         raise Failure(EXIT_USAGE, f"{access.url} does not say which tenant it is: give --tenant or C8Y_TENANT")
     return tenant

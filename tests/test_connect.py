@@ -465,3 +465,14 @@ def test_a_tenant_without_remote_access_is_named_with_the_fix(make_cloud):
     assert result.returncode == EXIT_ERROR, result.stderr
     assert "remote access refused (404): the tenant is not subscribed to Cloud Remote Access: subscribe the " \
            "cloud-remote-access microservice" in result.stderr, result.stderr
+
+
+def test_a_certificate_for_another_host_is_named_as_such(make_cloud):
+    """Trusting the authority is not enough when the certificate names other hosts (here 127.0.0.1 and
+    localhost, while the cloud is reached at 127.0.0.2): the user is told to use the host it was issued for."""
+    cloud = make_cloud(tls=True, args=["--host", "127.0.0.2"])
+    result = run_connect(["--device", "gw-001", "--config", "ssh", "--stdio", "--ca-file", cloud.ca_file],
+                         password_environment(cloud))
+    assert result.returncode == EXIT_ERROR, result.stderr
+    assert re.search(r"TLS verification failed: the server's certificate is for another host \(.*mismatch.*\): use "
+                     r"the host name in the URL that the certificate was issued for", result.stderr), result.stderr
