@@ -30,6 +30,12 @@ endef
 .venv-bench/.installed: setup.py
 	$(call venv,.venv-bench,$(BENCH_PINS))
 
+# The platform's own local proxy, for tests/test_c8ylp.py: a venv of the tests' own, c8ylp's dependencies only.
+.venv-c8ylp/.installed:
+	$(PYTHON) -m venv .venv-c8ylp
+	.venv-c8ylp/bin/pip install --quiet c8ylp==2.5.0
+	touch $@
+
 # wsaccel beside the venv, not in it: only the agent started with it on its path masks frames in C.
 .venv-bench/wsaccel: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet --target $@ wsaccel
@@ -66,9 +72,9 @@ $(BOOKWORM_ROOT): | packaging-tools
 
 # The whole suite on the newest releases, then everything that runs the agent or cra-connect again
 # on the oldest supported ones (cra-cloud's own tests do not depend on those libraries).
-test: .venv/.installed .venv-oldest/.installed ssh-tools packaging-tools $(BOOKWORM_ROOT)
+test: .venv/.installed .venv-oldest/.installed .venv-c8ylp/.installed ssh-tools packaging-tools $(BOOKWORM_ROOT)
 	.venv/bin/python -m pytest
-	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py
+	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py tests/test_c8ylp.py
 
 # stunnel is cra-cloud's TLS front for the wss figures; openssl makes its certificate.
 bench-tools:
@@ -82,5 +88,5 @@ bench: .venv-bench/.installed .venv-bench/wsaccel bench-tools
 	.venv-bench/bin/python -m bench $(if $(QUICK),--quick)
 
 clean:
-	rm -rf .venv .venv-oldest .venv-bench build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-oldest .venv-bench .venv-c8ylp build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
