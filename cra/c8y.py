@@ -220,7 +220,7 @@ def _reason(exc):
         for cause, words in (("Connection refused", "connection refused"), ("Name or service not known", "host name not found"),
                              ("Temporary failure in name resolution", "host name not found"),
                              ("Connection reset", "connection reset"), ("Network is unreachable", "network unreachable"),
-                             ("RemoteDisconnected", "the server closed the connection without an answer (does it want https?)")):
+                             ("RemoteDisconnected", "the server closed the connection without an answer")):
             if cause in text:
                 return words
         return "connection failed"

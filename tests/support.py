@@ -100,7 +100,7 @@ class Cloud(_Program):
     def start(self):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log, env=self.env, text=True)
-        line = _readline(self.proc.stdout, 30)
+        line = readline_within(self.proc.stdout, 30)
         match = re.search(r"https?://\S+", line or "")
         if not match:
             self.proc.kill()
@@ -176,6 +176,7 @@ class AgentProcess(_Program):
     """The real agent, `python3 cra_agent.py -c FILE`, against a Cloud; its stderr kept for assertions.
 
     `options` become INI lines ({"c8y": {...}, "agent": {...}}) over a working default for gw-001.
+    `cloud` is anything with a url (a Cloud, or a stand-in); a TLS Cloud's authority becomes [c8y] ca_file.
     """
 
     def __init__(self, workdir, cloud, options=None, env=None, name="agent"):
@@ -184,7 +185,7 @@ class AgentProcess(_Program):
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         sections = {"c8y": {"url": cloud.url, "tenant": "t100", "user": DEVICE[0].split("/")[1],
-                            "password": DEVICE[1], "external_id": "gw-001", "ca_file": cloud.ca_file},
+                            "password": DEVICE[1], "external_id": "gw-001", "ca_file": getattr(cloud, "ca_file", None)},
                     "agent": {"poll_interval": "0.2", "max_backoff": "1"}}
         for section, values in (options or {}).items():
             sections.setdefault(section, {}).update(values)
@@ -243,7 +244,7 @@ def receive_close(ws):
             return (int.from_bytes(data[:2], "big") if len(data) >= 2 else None), data[2:].decode()
 
 
-def _readline(stream, timeout):
+def readline_within(stream, timeout):
     result = []
     reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
     reader.start()

@@ -251,7 +251,7 @@ def poll(c8y):
      r"^the answer has no managedObject\.id$"),
     (json_answer(200, {"operations": [{"id": "1"}, "2"]}), poll, CloudUnreachable, None,
      r"^the operation list has no list of operations in it$"),
-    (DROP, find_device, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: connection failed$"),
+    (DROP, find_device, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: the server closed the connection without an answer$"),
     (HANG, poll, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: no answer in time$"),
 ], ids=["500 platform error", "401", "503 html", "200 html", "200 json list", "no managed object id",
         "operations not objects", "connection dropped", "no answer"])

@@ -21,7 +21,7 @@ import pytest
 
 from agent_peers import wait_until
 from cra.cloud.demo import LocalSshd
-from support import ADMIN, SEED, VIEWER, _readline
+from support import ADMIN, SEED, VIEWER, readline_within
 
 pytestmark = pytest.mark.skipif(not LocalSshd.available(), reason="OpenSSH server not installed (make test installs it)")
 
@@ -131,7 +131,7 @@ def read_until(process, pattern, what, timeout=TIMEOUT):
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = _readline(process.stdout, deadline - time.monotonic())
+        line = readline_within(process.stdout, deadline - time.monotonic())
         if not line:
             break
         seen.append(line)
