@@ -3,6 +3,7 @@ from contextlib import contextmanager
 import pytest
 
 from agent_peers import Users
+from cra.cloud.demo import LocalSshd
 from support import AgentProcess, Cloud
 
 
@@ -48,3 +49,11 @@ def users():
     opened = Users()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real OpenSSH server on 127.0.0.1, run as this user with keys of its own (LocalSshd.client_options())."""
+    server = LocalSshd(str(tmp_path)).start()
+    yield server
+    server.stop()

@@ -71,13 +71,6 @@ def seed(sshd):
 
 
 @pytest.fixture
-def sshd(tmp_path):
-    server = LocalSshd(str(tmp_path)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def start_platform(make_cloud, make_agent, sshd):
     """start(args=()): a TLS cra-cloud (with `args`) whose gw-001 reaches the real sshd, the agent
     running for gw-001, and c8ylp trusting the cloud's authority."""

@@ -24,13 +24,6 @@ SESSIONS = 4
 
 
 @pytest.fixture
-def sshd(tmp_path):
-    server = LocalSshd(str(tmp_path)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def ssh_target(cloud, make_agent, sshd):
     """The agent running for gw-001, and a configuration 'sshd' pointing at the real sshd."""
     make_agent(cloud)
