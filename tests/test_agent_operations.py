@@ -262,3 +262,20 @@ def test_a_connect_that_hangs_does_not_hold_up_another_operation(cloud, make_age
         assert (op["status"], op.get("failureReason")) == (
             "FAILED", f"cannot connect to 127.0.0.1:{slow_port}: no answer within 5 s")
         assert receive_close(slow.ws)[0] == 1011
+
+
+def test_in_a_tenant_without_remote_access_the_failure_names_the_subscription(make_cloud, make_agent):
+    """A tenant not subscribed to Cloud Remote Access answers the device's WebSocket with 404 as well: the
+    operation's failure reason names that fix from the platform's troubleshooting table beside the usual
+    cause (a session that ended), and the agent goes on."""
+    cloud = make_cloud(args=["--unsubscribed-tenant", "t100"])
+    agent = make_agent(cloud)
+    agent.wait_for_log(r"device gw-001 is managed object")
+    with EchoServer() as echo:
+        op_id = create_operation(cloud, cloud.device_id(), {
+            "hostname": "127.0.0.1", "port": echo.port, "connectionKey": "3f6c1a52-8d1e-4a57-9a0b-6f2d8e1c4b7a"})
+        reason = wait_for_status(cloud, op_id)["failureReason"]
+    assert reason.startswith("cloud refused the tunnel (404): the connection key is unknown or used"), reason
+    assert "or the tenant is not subscribed to Cloud Remote Access: subscribe the cloud-remote-access microservice" \
+        in reason, reason
+    assert agent.proc.poll() is None
