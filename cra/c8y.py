@@ -3,6 +3,7 @@
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
 """
+import logging
 import re
 import socket
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +17,9 @@ from cra import __version__
 MEDIA = "application/vnd.com.nsn.cumulocity.{}+json"
 CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
 NOTIFICATIONS = "/notification/operations"
+# Every failure becomes a sentence here; urllib3's own warnings would say it again at length (1.26 logs
+# a certificate that names another host, whole, before it raises).
+logging.getLogger("urllib3").setLevel(logging.ERROR)
 KEEPALIVE_PROBES = 3
 KEEPALIVE_MAX = 32767  # s: the most Linux takes for TCP_KEEPIDLE
 # What the platform's remote access troubleshooting table says to do about the refusals a tool sees.
@@ -231,9 +235,9 @@ def tls_failure(text):
     """Why TLS with the tenant failed, from the SSL error's text, and what to do."""
     if "WRONG_VERSION_NUMBER" in text:
         return "TLS failed: the server does not speak TLS (is its URL http:// rather than https://?)"
-    verify = re.search(r"certificate verify failed: ([^(]+)", text)
-    why = verify.group(1).strip() if verify else ""
-    if "mismatch" in why:
+    verify = re.search(r"certificate verify failed: ([^(]+)|CertificateError\(['\"](.+?)['\"]\)", text)  # urllib3 2, 1.26
+    why = (verify.group(1) or verify.group(2)).strip() if verify else ""
+    if "match" in why:
         return (f"TLS verification failed: the server's certificate is for another host ({why}): "
                 f"use the host name in the URL that the certificate was issued for")
     if verify:

@@ -474,5 +474,7 @@ def test_a_certificate_for_another_host_is_named_as_such(make_cloud):
     result = run_connect(["--device", "gw-001", "--config", "ssh", "--stdio", "--ca-file", cloud.ca_file],
                          password_environment(cloud))
     assert result.returncode == EXIT_ERROR, result.stderr
-    assert re.search(r"TLS verification failed: the server's certificate is for another host \(.*mismatch.*\): use "
-                     r"the host name in the URL that the certificate was issued for", result.stderr), result.stderr
+    assert re.search(r"^cra-connect: cannot reach https://127\.0\.0\.2:\d+: TLS verification failed: the server's "
+                     r"certificate is for another host \(.*match.*\): use the host name in the URL that the certificate "
+                     r"was issued for$", result.stderr), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
