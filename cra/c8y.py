@@ -3,6 +3,7 @@
 Every failure becomes one of two exceptions whose text is a sentence for the log: CloudError
 (the platform answered, and said no) or CloudUnreachable (no usable answer at all).
 """
+import datetime
 import logging
 import re
 import socket
@@ -181,6 +182,12 @@ class C8y:
         """Bayeux messages to the operations' real-time notification endpoint, and its answer
         (docs/wire.md section 3); a held connect gets a `read_timeout` that outlasts its hold."""
         return self._call("POST", NOTIFICATIONS, body=messages, shape=list, read_timeout=read_timeout)
+
+    def post_event(self, device_id, event_type, text, fragments):
+        """An event on the device, stamped now (the platform requires source, type, text and time)."""
+        body = {"source": {"id": str(device_id)}, "type": event_type, "text": text,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"), **fragments}
+        self._call("POST", "/event/events", "event", body)
 
     def close(self):
         self._session.close()

@@ -91,6 +91,9 @@ class Config:
     connect_timeout: float
     max_tunnels: int
     ping_interval: float
+    idle_timeout: float
+    max_session_time: float
+    session_events: bool
     serial_ports: tuple = ()
 
     @property
@@ -99,7 +102,8 @@ class Config:
         return not (self.cloud.user or self.cloud.token)
 
 
-# (section, option): (type, default); a default of None marks a required option.
+# (section, option): (type, default); a default of None marks a required option. A "limit" is seconds,
+# or 0 for none; a "switch" is true or false.
 OPTIONS = {
     ("c8y", "url"): ("url", None),
     ("c8y", "tenant"): (str, ""),
@@ -119,6 +123,9 @@ OPTIONS = {
     ("agent", "connect_timeout"): (float, 10.0),
     ("agent", "max_tunnels"): (int, 20),
     ("agent", "ping_interval"): (float, 30.0),
+    ("agent", "idle_timeout"): ("limit", 3600.0),
+    ("agent", "max_session_time"): ("limit", 0.0),
+    ("agent", "session_events"): ("switch", True),
     ("bootstrap", "user"): (str, "devicebootstrap"),
     ("bootstrap", "password"): (str, ""),
     ("bootstrap", "tenant"): (str, "management"),
@@ -129,6 +136,7 @@ OPTIONS = {
 }
 
 
+SWITCH = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 SERIAL_SECTION = "serial:"
 # The options of a [serial:NAME] section; a tuple of words is the choices.
 SERIAL_OPTIONS = {
@@ -227,6 +235,18 @@ def _convert(kind, raw, where):
         if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
             raise ConfigError(f"{where}: must be a whole number of 1 or more, not {raw!r}")
         return int(raw)
+    if kind == "switch":
+        if raw.lower() not in SWITCH:
+            raise ConfigError(f"{where}: must be true or false, not {raw!r}")
+        return SWITCH[raw.lower()]
+    if kind == "limit":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value < float("inf"):
+            raise ConfigError(f"{where}: must be a number of seconds, or 0 for no limit, not {raw!r}")
+        return value
     if kind is float:
         try:
             value = float(raw)

@@ -53,8 +53,9 @@ def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
     assert documented == set(OPTIONS) | {("serial", option) for option in SERIAL_OPTIONS}
     for (section, option), (_, default) in [*OPTIONS.items(), *((("serial", o), d) for o, d in SERIAL_OPTIONS.items())]:
         if default not in (None, ""):
-            assert re.search(rf"^;? ?{option} = {default:g}$" if isinstance(default, float) else
-                             rf"^;? ?{option} = {default}$", text, flags=re.M), option
+            shown = f"{default:g}" if isinstance(default, float) else str(default).lower() if isinstance(default, bool) \
+                else default
+            assert re.search(rf"^;? ?{option} = {shown}$", text, flags=re.M), option
     with pytest.raises(ConfigError, match=r"\[c8y\] url: required, and not set"):
         load(SHIPPED, environ={})  # as installed: it says what to fill in, and contacts nobody
     filled_in = {"CRA_C8Y_URL": "https://example.cumulocity.com", "CRA_C8Y_EXTERNAL_ID": "gw-001",
@@ -86,6 +87,9 @@ def test_the_shipped_file_documents_every_option_and_loads(tmp_path):
     (("[c8y]", "[c8y]\nca_file = /nonexistent/ca.pem"), "[c8y] ca_file: no such file: /nonexistent/ca.pem"),
     (("[c8y]", "[c8y]\nproxy = socks5://proxy:1080"), "[c8y] proxy: must be an http or https URL"),
     (("[c8y]", "c8y]"), "not a valid INI file"),
+    (("poll_interval = 5", "idle_timeout = -1"), "[agent] idle_timeout: must be a number of seconds, or 0 for no limit"),
+    (("poll_interval = 5", "max_session_time = forever"), "[agent] max_session_time: must be a number of seconds, or 0"),
+    (("poll_interval = 5", "session_events = maybe"), "[agent] session_events: must be true or false, not 'maybe'"),
 ])
 def test_a_mistake_is_refused_with_the_file_the_option_and_why(tmp_path, change, complaint):
     path = write(tmp_path, GOOD.replace(*change))
