@@ -29,6 +29,7 @@ log = logging.getLogger("cra.agent")
 RESTART_REASON = "agent restarted; the session was lost"
 STOP_WAIT = 3.0
 WAITING_EVERY = 60.0
+REASON_MAX = 500  # characters of an unexpected failure's text in failureReason
 SEEN_MAX = 1000  # operation ids remembered so that one both pushed and listed is handled once
 RFB_UNSPOKEN = b"RFB 005."  # RealVNC's own protocol version; the platform's VNC client speaks RFB 3.x only
 
@@ -210,6 +211,12 @@ class Agent:
             log.warning("operation %s: %s", op_id, exc)
             with self._lock:
                 self._seen.pop(op_id, None)  # still PENDING, maybe: the next listing takes it up again
+        except Exception as exc:  # whatever an operation meets ends that operation, never the agent
+            log.debug("operation %s: unexpected failure", op_id, exc_info=True)
+            try:
+                self._fail(op_id, f"the agent could not handle the operation: {type(exc).__name__}: {exc}"[:REASON_MAX])
+            except (CloudError, CloudUnreachable) as cloud_failure:
+                log.warning("operation %s: %s", op_id, cloud_failure)
         finally:
             with self._lock:
                 self._tunnels.pop(op_id, None)
