@@ -20,6 +20,7 @@ from cra.feed import Feed
 from cra.legs import LegsFailed, open_legs, tell_user
 from cra.operation import InvalidOperation, masked, parse
 from cra.registration import register
+from cra.session_events import SessionEvents
 from cra.signin import CredentialsRejected, configured, sign_in
 from cra.tunnel import Tunnel
 from cra.websocket_leg import tls_context
@@ -40,6 +41,7 @@ class Agent:
         self._use(configured(config))
         self._serial_ports = SerialPorts(config.serial_ports)
         self.device_id = None
+        self._events = None  # SessionEvents, made where the device id becomes known
         self._feed = None
         self._signed_in = False
         self._stop = threading.Event()
@@ -100,6 +102,8 @@ class Agent:
         deadline = time.monotonic() + STOP_WAIT
         for thread in list(self._threads):
             thread.join(max(0, deadline - time.monotonic()))
+        if self._events:  # the end events of the tunnels just closed, within the same bound
+            self._events.drain(max(0, deadline - time.monotonic()))
         for tunnel in tunnels:
             tunnel.cut()
 
@@ -136,6 +140,7 @@ class Agent:
         if self.device_id is None:
             self.device_id = register(self.c8y, self.config)
             self._fail_lost_sessions()
+        self._events = SessionEvents(self.c8y, self.device_id, self.config.session_events)  # after a reload too
         self._feed = Feed(self.c8y, self.access, self.device_id, self.config)
 
     def _sign_in(self):
@@ -251,9 +256,13 @@ class Agent:
             log.warning("operation %s: the tunnel is up, but its status could not be set SUCCESSFUL: %s", op_id, exc)
         started = time.monotonic()
         log.info("tunnel %s open: %s <-> cloud (key %s)", op_id, endpoint.name, masked(request.connection_key))
+        events = self._events  # the end goes where the start went, whatever a reload changes meanwhile
+        events.opened(op_id, request.target)
         reason = tunnel.run()
+        seconds = time.monotonic() - started
         log.info("tunnel %s closed: %s, %d bytes to the cloud, %d bytes from the cloud, %.1f s: %s",
-                 op_id, endpoint.name, tunnel.sent, tunnel.received, time.monotonic() - started, reason)
+                 op_id, endpoint.name, tunnel.sent, tunnel.received, seconds, reason)
+        events.closed(op_id, request.target, tunnel.sent, tunnel.received, seconds, reason)
         if tunnel.opening.startswith(RFB_UNSPOKEN):
             log.warning("tunnel %s: %s is a VNC server that offers RFB %s (RealVNC's default), which the platform's "
                         "VNC client cannot speak: set the server's ProtocolVersion to 3.8 (RealVNC: Options > Expert)",
