@@ -1,7 +1,7 @@
 """The aiohttp application: REST and WebSocket on one port, errors shaped like the platform's."""
 from aiohttp import web
 
-from cra.cloud import configurations, devicecontrol, inventory, login, tenant
+from cra.cloud import configurations, devicecontrol, events, inventory, login, tenant
 from cra.cloud.auth import Authenticator
 from cra.cloud.errors import ApiError, error_middleware
 from cra.cloud.notifications import Notifications
@@ -23,7 +23,7 @@ def make_app(store, vault, operation_timeout, idle_timeout, notification_hold, w
                           client_max_size=MAX_BODY)
     app["store"], app["vault"], app["auth"], app["relay"] = store, vault, auth, relay
     app["notifications"] = notifications
-    for module in (inventory, devicecontrol, tenant, login, configurations):
+    for module in (inventory, devicecontrol, events, tenant, login, configurations):
         app.add_routes(module.routes)
     app.add_routes(relay.routes())
     if with_notifications:

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS options (
 CREATE TABLE IF NOT EXISTS device_requests (
     tenant TEXT NOT NULL, id TEXT NOT NULL, status TEXT NOT NULL, creation_time TEXT NOT NULL,
     PRIMARY KEY (tenant, id));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, source_id INTEGER NOT NULL, type TEXT NOT NULL,
+    time TEXT NOT NULL, moment INTEGER NOT NULL, creation_time TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_source ON events (tenant, source_id, moment);
 """
 
 # Ids start where the platform's documentation examples do (device 10200), and look like real ones.
@@ -171,7 +175,7 @@ class Store:
 
     def delete_managed_object(self, tenant, mo_id):
         for table, column in (("managed_objects", "id"), ("external_ids", "mo_id"),
-                              ("operations", "device_id"), ("configurations", "device_id")):
+                              ("operations", "device_id"), ("configurations", "device_id"), ("events", "source_id")):
             self._run(f"DELETE FROM {table} WHERE tenant = ? AND {column} = ?", tenant, mo_id)
 
     # operations
@@ -250,6 +254,39 @@ class Store:
     def delete_option(self, tenant, category, key):
         return self._run("DELETE FROM options WHERE tenant = ? AND category = ? AND key = ?", tenant, category, key).rowcount == 1
 
+    # events
+
+    def create_event(self, tenant, source_id, type_, text, time, moment, fragments):
+        """`time` is kept as the client gave it; `moment` (microseconds since the epoch, UTC) orders and filters."""
+        event_id = self._new_id()
+        self._run("INSERT INTO events (id, tenant, source_id, type, time, moment, creation_time, body) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  event_id, tenant, source_id, type_, time, moment, now(), json.dumps({"text": text, **fragments}))
+        return self.event(tenant, event_id)
+
+    def event(self, tenant, event_id):
+        row = self._one("SELECT * FROM events WHERE tenant = ? AND id = ?", tenant, event_id)
+        return _event(row) if row else None
+
+    def events(self, tenant, source_ids=None, type_=None, fragment=None, moment_from=None, moment_to=None,
+               offset=0, limit=5, oldest_first=False):
+        """A page of events, newest first by their time (the latest made first among equal times), and the
+        count of all that match; `moment_from` is inclusive, `moment_to` exclusive."""
+        where, args = ["tenant = ?"], [tenant]
+        if source_ids is not None:
+            where.append(f"source_id IN ({','.join('?' * len(source_ids))})")
+            args += list(source_ids)
+        for clause, value in (("type = ?", type_), ("moment >= ?", moment_from), ("moment < ?", moment_to)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        order = "ASC" if oldest_first else "DESC"
+        rows = [_event(r) for r in self._all(
+            f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY moment {order}, id {order}", *args)]
+        if fragment is not None:
+            rows = [r for r in rows if fragment in r]
+        return rows[offset:offset + limit], len(rows)
+
     # new device requests
 
     def device_request(self, tenant, request_id):
@@ -274,6 +311,7 @@ class Store:
 
 MANAGED_OBJECT_META = frozenset({"id", "self", "owner", "creationTime", "lastUpdated"})
 OPERATION_META = frozenset({"id", "self", "deviceId", "status", "creationTime"})
+EVENT_META = frozenset({"id", "self", "source", "type", "text", "time", "creationTime", "lastUpdated"})
 
 
 def _managed_object(row):
@@ -284,6 +322,12 @@ def _managed_object(row):
 def _operation(row):
     return {"id": str(row["id"]), "deviceId": str(row["device_id"]), "creationTime": row["creation_time"],
             "status": row["status"], **json.loads(row["body"])}
+
+
+def _event(row):
+    """source is only {"id"} here: its self link is the request's to add."""
+    return {"id": str(row["id"]), "creationTime": row["creation_time"], "type": row["type"], "time": row["time"],
+            "source": {"id": str(row["source_id"])}, **json.loads(row["body"])}
 
 
 def _configuration(row):
