@@ -242,10 +242,12 @@ class Agent:
             return self._fail(op_id, reason)
         self.c8y.set_status(op_id, "EXECUTING")
         try:
-            endpoint, ws = open_legs(request, self.access, self._serial_ports, self.config.connect_timeout)
+            endpoint, ws = open_legs(request, self.access, self._serial_ports, self.config.connect_timeout,
+                                     self.config.allow)
         except LegsFailed as exc:
             return self._fail(op_id, str(exc))
-        tunnel = Tunnel(endpoint, ws, f"tunnel-{op_id}", self.config.ping_interval)
+        tunnel = Tunnel(endpoint, ws, f"tunnel-{op_id}", self.config.ping_interval, self.config.idle_timeout,
+                        self.config.max_session_time)
         with self._lock:
             self._tunnels[op_id] = tunnel
         if self._stop.is_set():

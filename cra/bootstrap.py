@@ -8,6 +8,8 @@ import os
 import tempfile
 from dataclasses import replace
 
+from cra.words import os_error_words
+
 WAITING = "waiting for the device to be accepted in Device Management"
 KEYS = ("tenant", "user", "password")
 
@@ -39,7 +41,7 @@ class CredentialsFile:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CredentialsFileError(f"cannot read the device credentials in {self.path}: {_words(exc)}") from None
+            raise CredentialsFileError(f"cannot read the device credentials in {self.path}: {os_error_words(exc)}") from None
         except ValueError:
             stored = None
         if not isinstance(stored, dict) or not all(isinstance(stored.get(key), str) and stored[key] for key in KEYS):
@@ -52,7 +54,7 @@ class CredentialsFile:
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise CredentialsFileError(f"cannot create {self.directory} for the device credentials: {_words(exc)}") from None
+            raise CredentialsFileError(f"cannot create {self.directory} for the device credentials: {os_error_words(exc)}") from None
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise CredentialsFileError(f"cannot write the device credentials into {self.directory}: permission denied")
 
@@ -75,8 +77,4 @@ class CredentialsFile:
             finally:
                 os.close(directory)
         except OSError as exc:
-            raise CredentialsFileError(f"cannot write the device credentials to {self.path}: {_words(exc)}") from None
-
-
-def _words(exc):
-    return (exc.strerror or str(exc)).lower()
+            raise CredentialsFileError(f"cannot write the device credentials to {self.path}: {os_error_words(exc)}") from None

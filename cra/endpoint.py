@@ -2,13 +2,12 @@
 interface the tunnel pumps use, so the tunnel never knows which it has:
 
     read(size, idle)  bytes; b"" once the far end has closed; TimeoutError after `idle` seconds of quiet
-    write(data)       all of it, or OSError
+    write(data, stall)  all of it; TimeoutError when the far end took nothing for `stall` seconds; or OSError
     interrupt()       wakes a blocked read or write on another thread, which then ends
     close()           releases the descriptor; called once both pumps are done
     name              what log lines and failure reasons call it
 """
 import os
-import re
 import select
 import socket
 import threading
@@ -16,6 +15,8 @@ import time
 
 import serial
 from serial import rfc2217
+
+from cra.words import os_error_words
 
 
 class EndpointError(Exception):
@@ -29,6 +30,8 @@ class TcpEndpoint:
         self._sock = sock
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self._poll_out = select.poll()
+        self._poll_out.register(sock, select.POLLOUT)
         self.name = name
 
     def read(self, size, idle):
@@ -37,8 +40,17 @@ class TcpEndpoint:
             raise TimeoutError
         return self._sock.recv(size)
 
-    def write(self, data):
-        self._sock.sendall(data)
+    def write(self, data, stall):
+        # Sends that never wait, each after poll() says there is room: a reader that stopped reading
+        # shows as no room for `stall` seconds, while a socket timeout would also cut short the reads.
+        view = memoryview(data)
+        while view:
+            if not self._poll_out.poll(stall * 1000):
+                raise TimeoutError
+            try:
+                view = view[self._sock.send(view, socket.MSG_DONTWAIT):]
+            except BlockingIOError:
+                continue
 
     def interrupt(self):
         try:
@@ -50,19 +62,44 @@ class TcpEndpoint:
         self._sock.close()
 
 
-def open_tcp(hostname, port, timeout, name):
-    """Connect to every address the name resolves to (IPv4 and IPv6) in turn; EndpointError says why not."""
+def open_tcp(hostname, port, timeout, name, allow):
+    """Resolve the name once, refuse it unless `allow` (cra.allow.AllowList) allows what it resolves to, then
+    connect to those addresses (IPv4 and IPv6) in turn; EndpointError says why not. The connection goes to
+    the addresses checked, never to the name again: a second lookup could answer otherwise."""
     try:
-        sock = socket.create_connection((hostname, port), timeout=timeout)
+        found = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):  # UnicodeError: a name IDNA cannot encode, e.g. a label over 63 characters
         raise EndpointError(f"cannot connect to {name}: host name not found") from None
+    refusal = allow.refusal(name, hostname, port, [sockaddr[0] for *_, sockaddr in found])
+    if refusal:
+        raise EndpointError(refusal)
+    try:
+        sock = _connect_first(found, timeout)
     except socket.timeout:
         raise EndpointError(f"cannot connect to {name}: no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
         raise EndpointError(f"cannot connect to {name}: connection refused") from None
     except OSError as exc:
-        raise EndpointError(f"cannot connect to {name}: {(exc.strerror or str(exc)).lower()}") from None
+        raise EndpointError(f"cannot connect to {name}: {os_error_words(exc)}") from None
     return TcpEndpoint(sock, name)
+
+
+def _connect_first(found, timeout):
+    """A socket connected to the first of getaddrinfo's addresses that answers, each given `timeout`
+    seconds (as socket.create_connection does); else the last address's error."""
+    error = None
+    for family, kind, proto, _, sockaddr in found:
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            error = exc
+    raise error
 
 
 class StdioEndpoint:
@@ -79,6 +116,8 @@ class StdioEndpoint:
         self._poll = select.poll()
         self._poll.register(infd, select.POLLIN)
         self._poll.register(self._wake_read, select.POLLIN)
+        self._poll_out = select.poll()
+        self._poll_out.register(outfd, select.POLLOUT)
 
     def read(self, size, idle):
         events = self._poll.poll(idle * 1000)
@@ -88,9 +127,11 @@ class StdioEndpoint:
             return b""
         return os.read(self._in, size)
 
-    def write(self, data):
+    def write(self, data, stall):
         view = memoryview(data)
         while view:
+            if not self._poll_out.poll(stall * 1000):
+                raise TimeoutError
             view = view[os.write(self._out, view):]
 
     def interrupt(self):
@@ -134,7 +175,7 @@ class SerialEndpoint:
                 raise TimeoutError
         return b""
 
-    def write(self, data):
+    def write(self, data, stall):
         if self._telnet:
             try:
                 data = b"".join(self._telnet.filter(data))
@@ -143,7 +184,11 @@ class SerialEndpoint:
             except Exception as exc:  # pyserial parses what the user's terminal sends: whatever it chokes on ends the session
                 raise OSError(f"the telnet client sent a sequence that cannot be parsed ({type(exc).__name__}: {exc})") from None
         if data:
-            self._port.write(data)
+            self._port.write_timeout = stall
+            try:
+                self._port.write(data)
+            except serial.SerialTimeoutException:
+                raise TimeoutError from None
 
     def interrupt(self):
         self._interrupted = True
@@ -204,19 +249,10 @@ class SerialPorts:
                 timeout=SerialEndpoint.POLL)
         except (serial.SerialException, ValueError) as exc:
             self._release(url)
-            raise EndpointError(f"cannot open serial port {url}: {_os_words(exc)}") from None
+            raise EndpointError(f"cannot open serial port {url}: {os_error_words(exc)}") from None
         return SerialEndpoint(port, f"serial port {url}", lambda: self._release(url), settings.mode == "telnet")
 
     def _release(self, url):
         with self._lock:
             self._in_use.discard(url)
 
-
-def _os_words(exc):
-    """The OS error in words ("no such file or directory"), not pyserial's text around it, which
-    carries the errno on the exception, on the one it wraps, or only in its message."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        if isinstance(getattr(candidate, "errno", None), int):
-            return os.strerror(candidate.errno).lower()
-    number = re.search(r"\[Errno (\d+)\]|\((\d+), '", str(exc))
-    return os.strerror(int(number.group(1) or number.group(2))).lower() if number else str(exc)

@@ -11,7 +11,8 @@ try:
 except ImportError:
     XorMaskerSimple = None
 
-FIN_BINARY = 0x82
+FIN = 0x80
+OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x2, 0x8, 0x9
 MASKED = 0x80
 CHUNK = 64 * 1024
 # Little-endian 1, 0, 0, 0, 1, ...: times a key, the key repeated.
@@ -21,19 +22,25 @@ _REPEAT_CHUNK = int.from_bytes(b"\x01\x00\x00\x00" * (CHUNK // 4), "little")
 def send_binary(ws, data):
     """What ws.send_binary(data) does, in one sendall under the socket's lock (the reader thread
     answers pings on the same socket)."""
-    message = binary_frame(data, os.urandom(4))
+    send(ws, OPCODE_BINARY, data)
+
+
+def send(ws, opcode, data):
+    """One frame in one sendall: unlike websocket-client's own sends, which wait for a socket that
+    stays full with no timeout at all, this one fails when the socket's send timeout runs out."""
+    message = frame(opcode, data, os.urandom(4))
     with ws.lock:
         ws.sock.sendall(message)
 
 
-def binary_frame(data, key):
+def frame(opcode, data, key):
     size = len(data)
     if size < 126:
-        header = struct.pack("!BB", FIN_BINARY, MASKED | size)
+        header = struct.pack("!BB", FIN | opcode, MASKED | size)
     elif size < 65536:
-        header = struct.pack("!BBH", FIN_BINARY, MASKED | 126, size)
+        header = struct.pack("!BBH", FIN | opcode, MASKED | 126, size)
     else:
-        header = struct.pack("!BBQ", FIN_BINARY, MASKED | 127, size)
+        header = struct.pack("!BBQ", FIN | opcode, MASKED | 127, size)
     return b"".join((header, key, mask(key, data)))
 
 

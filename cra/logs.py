@@ -8,6 +8,8 @@ import os
 import socket
 import sys
 
+from cra.words import os_error_words
+
 LINE = "%(asctime)s %(levelname)s %(message)s"
 SYSLOG_SOCKET = "/dev/log"
 
@@ -49,7 +51,7 @@ def _handler(settings, foreground):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handler = RotatingFileHandler(path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8")
     except OSError as exc:
-        raise LogError(f"[log] destination: cannot write the log file {path}: {_words(exc)}") from None
+        raise LogError(f"[log] destination: cannot write the log file {path}: {os_error_words(exc)}") from None
     return _formatted(handler, LINE), None
 
 
@@ -63,14 +65,10 @@ def _syslog_trouble():
                 return None
             except OSError as exc:
                 if exc.errno != errno.EPROTOTYPE:
-                    return _words(exc)
+                    return os_error_words(exc)
     return "not a syslog socket"
 
 
 def _formatted(handler, line):
     handler.setFormatter(logging.Formatter(line))
     return handler
-
-
-def _words(exc):
-    return (exc.strerror or str(exc)).lower()

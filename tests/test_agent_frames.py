@@ -18,7 +18,15 @@ def test_a_frame_is_what_websocket_client_would_send(size, masker, monkeypatch):
     data, key = os.urandom(size), os.urandom(4)
     reference = ABNF.create_frame(data, ABNF.OPCODE_BINARY)
     reference.get_mask_key = lambda _: key
-    assert frames.binary_frame(data, key) == reference.format()
+    assert frames.frame(frames.OPCODE_BINARY, data, key) == reference.format()
+
+
+@pytest.mark.parametrize("opcode, payload", [(ABNF.OPCODE_PING, b""), (ABNF.OPCODE_CLOSE, b"\x03\xe9going away")])
+def test_control_frames_are_what_websocket_client_would_send(opcode, payload):
+    key = os.urandom(4)
+    reference = ABNF.create_frame(payload, opcode)
+    reference.get_mask_key = lambda _: key
+    assert frames.frame(opcode, payload, key) == reference.format()
 
 
 def test_each_frame_has_a_fresh_key():

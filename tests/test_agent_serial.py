@@ -281,7 +281,7 @@ def test_the_port_is_closed_and_released_when_either_side_ends(cloud, users, con
     else:
         console.hang_up()
         code, text = receive_close(user.ws)
-        assert code == 1000 and text.startswith(f"serial port {console.url} failed: "), (code, text)
+        assert code == 1011 and text.startswith(f"serial port {console.url} failed: "), (code, text)
     tunnel_closed(agent, user.op_id, console.url)
     wait_until(lambda: console.held_by(agent.proc.pid) == 0, "the agent closing the tty", timeout=10)
 

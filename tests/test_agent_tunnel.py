@@ -300,17 +300,20 @@ def test_a_cloud_that_stops_answering_pings_ends_the_tunnel(cloud, make_agent, s
 
 
 def test_a_local_service_slow_to_read_is_not_taken_for_a_dead_cloud(cloud, make_agent, serve):
-    """A local service may stop reading for a while (a busy program, a slow serial line, flow
-    control) while the user uploads: the tunnel waits for it. The cloud still answers every ping
-    meanwhile, so the tunnel must not be ended as if the cloud had stopped answering."""
-    upload = os.urandom(16 * MiB)  # more than the sockets between the agent and the service hold
+    """A local service may read slowly (a busy program, a slow serial line, flow control) while the
+    user uploads: the tunnel waits for it as long as it takes something every ping interval. The
+    cloud answers every ping meanwhile, so the tunnel must not be ended as if the cloud had stopped
+    answering, though its reader spends most of the time waiting on the service."""
+    upload = os.urandom(4 * MiB)  # more than the sockets between the agent and the service hold
 
-    def busy_then_read(sock):
-        time.sleep(3)  # six ping intervals
-        received = recv_exactly(sock, len(upload))
-        return len(received), sha(received)
+    def slow_reader(sock):
+        received = bytearray()
+        while len(received) < len(upload):
+            time.sleep(0.3)  # several ping intervals in all
+            received += sock.recv(256 * 1024)
+        return len(received), sha(bytes(received))
 
-    server = serve(busy_then_read)
+    server = serve(slow_reader)
     agent = make_agent(cloud, options={"agent": {"ping_interval": "0.5"}})
     client, op = connect(cloud, configure(cloud, server.port))
     sender = start_thread(send_frames, client, upload, name="client-send")
@@ -318,6 +321,37 @@ def test_a_local_service_slow_to_read_is_not_taken_for_a_dead_cloud(cloud, make_
     join_all([sender], 30)
     assert f"tunnel {op['id']} closed" not in agent.log()
     client.close()
+
+
+def test_a_local_service_that_stops_reading_ends_the_tunnel_and_frees_its_slot(cloud, make_agent, serve):
+    """A service that takes nothing more jams nothing: within two ping intervals the tunnel ends, the
+    user's tool hears why with 1011, the log names the side, and the slot is free for the next user."""
+    upload = os.urandom(16 * MiB)
+    stop_reading = threading.Event()
+
+    def stops_reading(sock):
+        stop_reading.wait(30)
+
+    server = serve(stops_reading)
+    agent = make_agent(cloud, options={"agent": {"ping_interval": "0.5", "max_tunnels": "1"}})
+    client, op = connect(cloud, configure(cloud, server.port))
+
+    def send_until_closed():
+        try:
+            send_frames(client, upload)
+        except (websocket.WebSocketException, OSError):
+            pass  # the tunnel's end, which this test waits for
+
+    sender = start_thread(send_until_closed, name="client-send")
+    closed = agent.wait_for_log(rf"tunnel {op['id']} closed", timeout=10)
+    assert re.search(rf"127\.0\.0\.1:{server.port} stopped reading: nothing taken for 0\.5 s$", closed), closed
+    assert receive_close(client) == (1011, f"127.0.0.1:{server.port} stopped reading: nothing taken for 0.5 s")
+    stop_reading.set()
+    join_all([sender], 30)
+    echo_server = serve(echo)
+    again, _ = connect(cloud, configure(cloud, echo_server.port))
+    assert round_trip(again, b"the slot is free") == b"the slot is free"
+    again.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
