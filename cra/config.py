@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
+from cra.allow import DEFAULT_LIST, AllowError, AllowList, parse as parse_allow
+
 
 class ConfigError(ValueError):
     pass
@@ -94,6 +96,7 @@ class Config:
     idle_timeout: float
     max_session_time: float
     session_events: bool
+    allow: AllowList
     serial_ports: tuple = ()
 
     @property
@@ -103,7 +106,7 @@ class Config:
 
 
 # (section, option): (type, default); a default of None marks a required option. A "limit" is seconds,
-# or 0 for none; a "switch" is true or false.
+# or 0 for none; a "switch" is true or false; "allow" is cra.allow's list of targets.
 OPTIONS = {
     ("c8y", "url"): ("url", None),
     ("c8y", "tenant"): (str, ""),
@@ -126,6 +129,7 @@ OPTIONS = {
     ("agent", "idle_timeout"): ("limit", 3600.0),
     ("agent", "max_session_time"): ("limit", 0.0),
     ("agent", "session_events"): ("switch", True),
+    ("agent", "allow"): ("allow", DEFAULT_LIST),
     ("bootstrap", "user"): (str, "devicebootstrap"),
     ("bootstrap", "password"): (str, ""),
     ("bootstrap", "tenant"): (str, "management"),
@@ -239,6 +243,11 @@ def _convert(kind, raw, where):
         if raw.lower() not in SWITCH:
             raise ConfigError(f"{where}: must be true or false, not {raw!r}")
         return SWITCH[raw.lower()]
+    if kind == "allow":
+        try:
+            return parse_allow(raw)
+        except AllowError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if kind == "limit":
         try:
             value = float(raw)

@@ -16,8 +16,9 @@ class LegsFailed(Exception):
     """Why the legs could not both be opened, as failureReason says it."""
 
 
-def open_legs(request, access, serial_ports, timeout):
-    """(endpoint, websocket), both open; LegsFailed when either could not be."""
+def open_legs(request, access, serial_ports, timeout, allow):
+    """(endpoint, websocket), both open; LegsFailed when either could not be. A TCP target must be
+    allowed by `allow` ([agent] allow); a serial port's target is allowed by its own section."""
     legs, reasons = {}, []
     serial_port = serial_ports.mapped(request.hostname, request.port)
 
@@ -26,7 +27,7 @@ def open_legs(request, access, serial_ports, timeout):
             if serial_port:
                 legs["endpoint"] = serial_ports.open(serial_port)
             else:
-                legs["endpoint"] = open_tcp(request.hostname, request.port, timeout, request.target)
+                legs["endpoint"] = open_tcp(request.hostname, request.port, timeout, request.target, allow)
         except EndpointError as exc:
             reasons.append(str(exc))
 
