@@ -43,11 +43,15 @@ def _shutdown(sock):
         pass
 
 
-def _pipe(source, target, stalled=frozenset()):
+def _pipe(source, target, stalled=frozenset(), deaf=None, closing=None):
     """Copy source to target until source ends or fails, then end target both ways; what is read
-    while either is in `stalled` is dropped."""
+    while either is in `stalled` is dropped. Once `deaf` is set, source is read no more until
+    `closing` is: what it sends waits in the sockets, as for a peer that stopped reading."""
     try:
         while True:
+            if deaf is not None and deaf.is_set():
+                closing.wait()
+                break
             data = source.recv(65536)
             if not data:
                 break
@@ -148,11 +152,13 @@ class CuttableLink(_Acceptor):
     """The agent's uplink: a TCP forwarder to the cloud that a test cuts (connections refused, open
     ones dropped) and restores on the same port, while the cloud itself stays up for the user; or
     stalls: the open connections go silent both ways and stay open, as through a NAT that forgot
-    them without a word, while new ones work."""
+    them without a word, while new ones work; or stops reading what the agent sends, as a cloud
+    that takes no more."""
 
     def __init__(self, cloud_url):
         self._target = urlsplit(cloud_url).port
         self._stalled = set()
+        self._deaf = threading.Event()
         super().__init__(self._forward)
         self.url = f"http://{LOCALHOST}:{self.port}"
 
@@ -161,11 +167,14 @@ class CuttableLink(_Acceptor):
         if upstream is None:
             return _shutdown(conn)
         self._start(_pipe, "down", upstream, conn, self._stalled)
-        _pipe(conn, upstream, self._stalled)
+        _pipe(conn, upstream, self._stalled, self._deaf, self._stop)
 
     def stall(self):
         with self._lock:
             self._stalled.update(self._sockets)
+
+    def stop_reading(self):
+        self._deaf.set()
 
     def cut(self):
         self.close()

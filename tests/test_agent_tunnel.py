@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import websocket
 
+from agent_peers import CuttableLink
 from support import ADMIN, DEVICE, basic, receive_close, wait_for_status
 from tunnel_tools import (LocalServer, Wiretap, in_parallel, join_all, open_fds, recv_exactly, recv_until_eof,
                           start_thread, threads_of, wait_until, ws_recv_exactly)
@@ -206,6 +207,62 @@ def test_the_local_service_closing_delivers_its_last_bytes_then_closes_the_user_
     assert receive_close(client)[0] == 1000
     assert server.connection(0).outcome() == b"exit\n"
     assert status_once_closed(cloud, agent, op["id"]) == "SUCCESSFUL"
+
+
+@pytest.mark.parametrize("limit, reason", [
+    ({"idle_timeout": "1"}, "idle for 1 s ([agent] idle_timeout)"),
+    ({"max_session_time": "1.5"}, "session time limit of 1.5 s ([agent] max_session_time)"),
+], ids=["idle_timeout", "max_session_time"])
+def test_a_session_limit_ends_the_tunnel_and_says_which(cloud, make_agent, serve, limit, reason):
+    """The owner's limits on a tunnel: no data either way for idle_timeout, or max_session_time however
+    busy it is. The user's tool hears which, with 1001 (going away), and so does the agent's log. The
+    session limit is kept busy with echoes every 0.2 s, which the idle limit would have allowed."""
+    server = serve(echo)
+    agent = make_agent(cloud, options={"agent": limit})
+    client, op = connect(cloud, configure(cloud, server.port))
+    done = threading.Event()
+
+    def keep_busy():
+        try:
+            while not done.wait(0.2):
+                client.send_binary(b"busy")
+        except (websocket.WebSocketException, OSError):
+            pass  # the tunnel's end, which this test waits for
+
+    senders = [start_thread(keep_busy, name="keep-busy")] if "max_session_time" in limit else []
+    assert receive_close(client) == (1001, reason)
+    done.set()
+    join_all(senders)
+    assert agent.wait_for_log(rf"tunnel {op['id']} closed").endswith(reason)
+    assert server.connection(0).outcome() is not None  # the local connection was closed as well
+
+
+def test_a_cloud_that_stops_reading_ends_the_tunnel_within_two_ping_intervals(cloud, make_agent, serve):
+    """The cloud (or a middlebox) takes no more of what the agent sends: the agent's send would wait for
+    ever; instead the tunnel ends within two ping intervals, the log says the cloud stopped reading,
+    and the local connection is closed."""
+    download = os.urandom(32 * MiB)  # more than the sockets on the way hold
+    cloud_deaf = threading.Event()
+
+    def flood(sock):
+        cloud_deaf.wait(30)
+        try:
+            sock.sendall(download)
+        except OSError:
+            pass  # the agent closed the connection: what this test waits for
+        return recv_until_eof(sock)
+
+    with CuttableLink(cloud.url) as link:
+        server = serve(flood)
+        agent = make_agent(cloud, options={"c8y": {"url": link.url}, "agent": {"ping_interval": "0.5"}})
+        client, op = connect(cloud, configure(cloud, server.port))
+        agent.wait_for_log(rf"tunnel {op['id']} open")
+        link.stop_reading()
+        cloud_deaf.set()
+        closed = agent.wait_for_log(rf"tunnel {op['id']} closed", timeout=15)
+        assert closed.endswith("the cloud stopped reading: nothing sent for 0.5 s"), closed
+        assert server.connection(0).outcome() is not None
+        client.close()
 
 
 def test_twenty_tunnels_at_once_each_carry_their_own_bytes(cloud, make_agent, serve):
