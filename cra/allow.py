@@ -68,37 +68,47 @@ def parse(raw):
         if entry.lower() == "any":
             continue
         host, ports = _split(entry)
-        try:
-            if "%" in host:  # a scoped address (fe80::1%eth0): its CIDR says as much without the zone
-                raise ValueError
-            interface = ipaddress.ip_interface(host)
-        except ValueError:
-            if not _is_hostname(host):
-                raise AllowError(f"{entry!r} is not {SYNTAX}") from None
+        network, ports = _network(entry, host), _ports(entry, ports)
+        if network is None:
             names.append((_name(host), ports))
-            continue
-        if interface.ip != interface.network.network_address:
-            raise AllowError(f"{entry!r}: {host} has bits set past its prefix length; did you mean {interface.network}?")
-        networks.append((interface.network, ports))
+        else:
+            networks.append((network, ports))
     return AllowList(" ".join(entries), any(e.lower() == "any" for e in entries), tuple(networks), tuple(names))
 
 
 def _split(entry):
-    """(host, (low, high)) from HOST, HOST:PORTS, [IPV6] or [IPV6]:PORTS; a bare IPv6 address or CIDR has no port."""
+    """(host, ports or "") from HOST, HOST:PORTS, [IPV6] or [IPV6]:PORTS; a bare IPv6 address or CIDR has no port."""
     if entry.startswith("["):
         host, bracket, rest = entry[1:].partition("]")
         if not bracket or ":" not in host or (rest and not rest.startswith(":")):
             raise AllowError(f"{entry!r} is not {SYNTAX}")
-        return host, _ports(entry, rest[1:]) if rest else ALL_PORTS
+        return host, rest[1:]
     if entry.count(":") == 1:
         host, _, ports = entry.partition(":")
         if host.lower() == "any":
             raise AllowError(f"{entry!r}: any allows every address and port, and takes no port")
-        return host, _ports(entry, ports)
-    return entry, ALL_PORTS
+        return host, ports
+    return entry, ""
+
+
+def _network(entry, host):
+    """The ip_network an ADDRESS or CIDR is, None for a HOSTNAME; AllowError for neither."""
+    try:
+        if "%" in host:  # a scoped address (fe80::1%eth0): its CIDR says as much without the zone
+            raise ValueError
+        interface = ipaddress.ip_interface(host)
+    except ValueError:
+        if not _is_hostname(host):
+            raise AllowError(f"{entry!r} is not {SYNTAX}") from None
+        return None
+    if interface.ip != interface.network.network_address:
+        raise AllowError(f"{entry!r}: {host} has bits set past its prefix length; did you mean {interface.network}?")
+    return interface.network
 
 
 def _ports(entry, text):
+    if not text:
+        return ALL_PORTS
     low, dash, high = text.partition("-")
     bounds = (low, high) if dash else (low, low)
     if not all(b.isascii() and b.isdigit() and 1 <= int(b) <= 65535 for b in bounds):
