@@ -3,7 +3,8 @@ it ends, with the bytes each way, the duration and why it ended ([agent] session
 "Session events (audit trail)"). They show in Device Management > the device > Events.
 
 An event is a record about a tunnel, never a condition for one: opened() and closed() only queue
-it, and one worker thread posts what is queued. So a cloud that is down, slow or refusing events
+it, and one worker thread posts what is queued (started by the first event, ended when none has come
+for IDLE_EXIT, so an idle agent has no thread for it). So a cloud that is down, slow or refusing events
 neither delays a tunnel's start nor holds its end, and a tunnel's pump and operation threads never
 wait on a request. An event that cannot be posted is logged and dropped: the first of a run of
 failures at warning, the rest at debug until one is posted again, so a tenant that refuses events
@@ -22,7 +23,7 @@ log = logging.getLogger("cra.agent")
 EVENT_TYPE = "c8y_RemoteAccessSession"
 FRAGMENT = "c8y_RemoteAccessSession"
 QUEUE_MAX = 100  # events waiting to be posted; a cloud that slow drops the newest
-IDLE_EXIT = 60.0  # s without events after which the worker ends (the next event starts another)
+IDLE_EXIT = 1.0  # s without events after which the worker ends: no thread outlives the tunnels by more
 
 
 class SessionEvents:
