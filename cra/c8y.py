@@ -21,6 +21,7 @@ NOTIFICATIONS = "/notification/operations"
 # Every failure becomes a sentence here; urllib3's own warnings would say it again at length (1.26 logs
 # a certificate that names another host, whole, before it raises).
 logging.getLogger("urllib3").setLevel(logging.ERROR)
+POOL_SIZE = 4  # connections to the tenant at once, per client (the notification feed has one of its own)
 KEEPALIVE_PROBES = 3
 KEEPALIVE_MAX = 32767  # s: the most Linux takes for TCP_KEEPIDLE
 # What the platform's remote access troubleshooting table says to do about the refusals a tool sees.
@@ -63,9 +64,13 @@ def keepalive_options(idle):
 
 
 class _KeepaliveAdapter(HTTPAdapter):
+    """Keepalive on every connection, and at most POOL_SIZE of them to the tenant: a burst of operations
+    waits its turn for one (pool_block) instead of opening more, which urllib3 would drop afterwards
+    with a "Connection pool is full" warning each, an operator reads as faults."""
+
     def __init__(self, socket_options):
         self._socket_options = socket_options
-        super().__init__()
+        super().__init__(pool_connections=1, pool_maxsize=POOL_SIZE, pool_block=True)
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, socket_options=self._socket_options, **kwargs)

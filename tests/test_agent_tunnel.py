@@ -15,7 +15,7 @@ import websocket
 from agent_peers import CuttableLink
 from support import ADMIN, DEVICE, basic, receive_close, wait_for_status
 from tunnel_tools import (LocalServer, Wiretap, in_parallel, join_all, open_fds, recv_exactly, recv_until_eof,
-                          start_thread, threads_of, wait_until, ws_recv_exactly)
+                          start_thread, tcp_ports_of, threads_of, wait_until, ws_recv_exactly)
 
 MiB = 1 << 20
 FRAME = 64 * 1024
@@ -321,6 +321,25 @@ def test_no_descriptor_or_thread_outlives_its_tunnel(cloud, make_agent, serve, w
             assert receive_close(client)[0] == 1000
     assert wait_until(lambda: agent.log().count(" closed: ") == count), agent.log()
     assert wait_until(lambda: footprint() == idle), f"idle (fds, threads) {idle}, now {footprint()}"
+
+
+def test_a_burst_of_operations_leaves_no_more_than_a_small_pool_of_rest_connections(cloud, make_agent, serve, wiretap):
+    """Thirty users at once: the agent's status updates share a small pool of REST connections (four,
+    and the notification feed's own) rather than opening one each and keeping ten idle for good."""
+    count = 30
+    tap = wiretap()
+    server = serve(echo)
+    agent = make_agent(cloud, options={"c8y": {"url": tap.url}, "agent": {"max_tunnels": str(count)}})
+    config_id = configure(cloud, server.port)
+    agent.wait_for_log(r"operations: real-time notifications from")
+    clients = in_parallel(lambda index: open_user(cloud, config_id), count)
+    for index, client in enumerate(clients):
+        assert round_trip(client, b"hello %d" % index) == b"hello %d" % index
+        client.close()
+    assert wait_until(lambda: agent.log().count(" closed: ") == count, 20), agent.log()
+    rest = [port for port in tcp_ports_of(agent.proc.pid) if port in tap.rest_ports]
+    assert len(rest) <= 5, rest
+    assert "Connection pool is full" not in agent.log()
 
 
 def quiet_tunnel_through(tap, cloud, make_agent, serve):

@@ -324,6 +324,20 @@ def open_fds(pid, except_ports=frozenset()):
     return count
 
 
+def tcp_ports_of(pid):
+    """The local ports of pid's open TCP sockets."""
+    ports = _local_ports(pid)
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed while we looked
+            continue
+        if target in ports:
+            found.append(ports[target])
+    return found
+
+
 def _local_ports(pid):
     """{"socket:[inode]": local port} for the TCP sockets of pid's network namespace."""
     ports = {}
