@@ -32,6 +32,7 @@ CA_FILE_ENVIRONMENT = env_name("c8y", "ca_file")  # the agent's own name for it:
 CONNECT_TIMEOUT = 30
 PING_INTERVAL = 30
 STOP_WAIT = 3.0
+SIGNAL_POLL = 0.5  # s: how often the listener and the signal wait look up
 STOPS = {signal.SIGTERM: (1001, "cra-connect is stopping"), signal.SIGINT: (1001, "cra-connect is stopping"),
          signal.SIGHUP: (1000, "cra-connect was hung up on: the program that started it ended")}
 CLIENT_REFUSALS = {
@@ -193,6 +194,10 @@ class Connector:
                 self._tunnels.discard(tunnel)
         return tunnel
 
+    @property
+    def stopped(self):
+        return self._stopped_by is not None
+
     def stop(self, code, reason):
         """Close every tunnel with this close code and reason, and any that opens from now on."""
         with self._lock:
@@ -210,35 +215,42 @@ def device_absent(tunnel):
     return None
 
 
-def stop_on_signals(connector):
-    """The signals stop the connector from a thread of its own: a handler runs on the main thread, which
-    may hold the very locks connector.stop() takes. ssh sends SIGHUP to its ProxyCommand when its session
-    ends, so a hang-up is a normal end. Returns the Event the signals set."""
-    stopping, received = threading.Event(), []
+def until_stopped(connector, serve):
+    """serve() on a thread of its own, while this one takes the signals with sigtimedwait (blocked in
+    every thread): no handler ever runs inside a thread that holds a lock the stop needs, so every stop
+    is taken (issue 13). ssh sends SIGHUP to its ProxyCommand when its session ends: a normal end.
+    serve()'s exit code, or the Failure it raised."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(STOPS))
+    outcome = []
 
-    def note(signum, _frame):
-        received.append(signum)
-        stopping.set()
+    def work():
+        try:
+            outcome.append(serve())
+        except Failure as exc:
+            outcome.append(exc)
 
-    for signum in STOPS:
-        signal.signal(signum, note)
-
-    def stop_when_told():
-        stopping.wait()
-        connector.stop(*STOPS[received[0]])
-
-    threading.Thread(target=stop_when_told, name="stop", daemon=True).start()
-    return stopping
+    worker = threading.Thread(target=work, name="serve", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        received = signal.sigtimedwait(set(STOPS), SIGNAL_POLL)
+        if received:
+            connector.stop(*STOPS[received.si_signo])
+            break
+    worker.join(STOP_WAIT + SIGNAL_POLL)
+    if outcome and isinstance(outcome[0], Failure):
+        raise outcome[0]
+    return outcome[0] if outcome else EXIT_OK
 
 
 def serve_stdio(connector):
-    stop_on_signals(connector)
-    tunnel = connector.carry(StdioEndpoint(), "stdio")
-    failure = device_absent(tunnel)
-    if failure:
-        raise failure
-    log.debug("session ended: %s", tunnel.reason)
-    return EXIT_OK
+    def serve():
+        tunnel = connector.carry(StdioEndpoint(), "stdio")
+        failure = device_absent(tunnel)
+        if failure:
+            raise failure
+        log.debug("session ended: %s", tunnel.reason)
+        return EXIT_OK
+    return until_stopped(connector, serve)
 
 
 def serve_port(connector, bind, port, describe):
@@ -246,23 +258,25 @@ def serve_port(connector, bind, port, describe):
         server = socket.create_server((bind, port))
     except OSError as exc:
         raise Failure(EXIT_ERROR, f"cannot listen on {bind}:{port}: {exc.strerror}") from None
-    server.settimeout(0.5)
-    stopping = stop_on_signals(connector)
+    server.settimeout(SIGNAL_POLL)
     print(f"cra-connect: listening on {bind}:{server.getsockname()[1]} for {describe}", flush=True)
-    sessions = []
-    with server:
-        while not stopping.is_set():
-            try:
-                conn, peer = server.accept()
-            except socket.timeout:
-                continue
-            thread = threading.Thread(target=_serve_one, args=(connector, conn, peer), daemon=True)
-            sessions = [t for t in sessions if t.is_alive()] + [thread]
-            thread.start()
-    deadline = time.monotonic() + STOP_WAIT
-    for thread in sessions:
-        thread.join(max(0, deadline - time.monotonic()))
-    return EXIT_OK
+
+    def serve():
+        sessions = []
+        with server:
+            while not connector.stopped:
+                try:
+                    conn, peer = server.accept()
+                except socket.timeout:
+                    continue
+                thread = threading.Thread(target=_serve_one, args=(connector, conn, peer), daemon=True)
+                sessions = [t for t in sessions if t.is_alive()] + [thread]
+                thread.start()
+        deadline = time.monotonic() + STOP_WAIT
+        for thread in sessions:
+            thread.join(max(0, deadline - time.monotonic()))
+        return EXIT_OK
+    return until_stopped(connector, serve)
 
 
 def _serve_one(connector, conn, peer):

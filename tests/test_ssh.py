@@ -6,6 +6,7 @@ lost, duplicated or reordered chunk anywhere on the way would change the checksu
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -107,3 +108,35 @@ def test_four_concurrent_ssh_sessions_through_the_port_listener(cloud, ssh_targe
         assert listener.wait(15) == 0
     closed = re.findall(r"connection from 127\.0\.0\.1:\d+ closed", listener.stderr.read())
     assert len(closed) == 2 * SESSIONS  # each session: one scp up, one scp down, each its own tunnel
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_every_stop_is_taken_with_ssh_sessions_open(cloud, make_agent, ssh_target, tmp_path, signum):
+    """A service manager's stop must stop the agent and cra-connect every time, whatever their threads
+    are doing: here eight times each, with two ssh sessions open through them, each stop within the
+    documented few seconds (exit code 0, not killed), and every ssh session ended with it."""
+    env = user_env(cloud)
+    for round_number in range(8):
+        agent = make_agent(cloud, name=f"agent-{round_number}")
+        agent.wait_for_log(r"operations: real-time notifications from")
+        listener = subprocess.Popen([CRA_CONNECT, "--device", "gw-001", "--config", "sshd", "--port", "0"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", listener.stdout.readline()).group(1)
+        ssh = ["ssh", *ssh_target.client_options(), "-p", port, f"{ssh_target.user}@127.0.0.1"]
+        sessions = [subprocess.Popen([*ssh, "echo up; sleep 60"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+        try:
+            assert [session.stdout.readline() for session in sessions] == ["up\n", "up\n"]
+            for name, process in (("agent", agent.proc), ("cra-connect", listener))[::1 if round_number % 2 else -1]:
+                process.send_signal(signum)
+                try:
+                    assert process.wait(10) == 0, f"round {round_number}: {name} exited {process.returncode}"
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"round {round_number}: {name} did not stop in 10 s\n{agent.log()}") from None
+            for session in sessions:
+                session.wait(15)  # the tunnel's end ends ssh
+        finally:
+            for process in (listener, *sessions):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
