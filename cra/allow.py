@@ -34,7 +34,7 @@ class AllowError(ValueError):
 @dataclass(frozen=True)
 class AllowList:
     text: str  # the entries as configured, separated by one space
-    any: bool
+    everything: bool  # `any` is among the entries
     networks: tuple  # (ip_network, (low, high))
     names: tuple  # (lowercase hostname, (low, high))
 
@@ -46,7 +46,7 @@ class AllowList:
 
         `target` is how the operation names it (host:port), `addresses` what `hostname` resolved to.
         """
-        if self.any or any(name == _name(hostname) and _within(port, ports) for name, ports in self.names):
+        if self.everything or any(name == _name(hostname) and _within(port, ports) for name, ports in self.names):
             return None
         outside = [a for a in addresses if not any(_address(a) in net and _within(port, ports)
                                                    for net, ports in self.networks)]
