@@ -231,6 +231,8 @@ class Agent:
         try:
             request = parse(operation)
         except InvalidOperation as exc:
+            if exc.connection_key:
+                tell_user(op_id, exc.connection_key, self.access, str(exc), self.config.connect_timeout)
             return self._fail(op_id, str(exc))
         with self._lock:
             full = len(self._tunnels) >= self.config.max_tunnels
@@ -238,7 +240,7 @@ class Agent:
                 self._tunnels[op_id] = None  # the slot is taken while the legs open
         if full:
             reason = f"too many tunnels: all {self.config.max_tunnels} are in use ([agent] max_tunnels)"
-            tell_user(request, self.access, reason, self.config.connect_timeout)
+            tell_user(op_id, request.connection_key, self.access, reason, self.config.connect_timeout)
             return self._fail(op_id, reason)
         self.c8y.set_status(op_id, "EXECUTING")
         try:

@@ -49,12 +49,12 @@ def open_legs(request, access, serial_ports, timeout, allow):
     return legs["endpoint"], legs["ws"]
 
 
-def tell_user(request, access, reason, timeout):
+def tell_user(operation_id, connection_key, access, reason, timeout):
     """Open the cloud leg only to close it with the reason, for an operation the agent will not serve."""
     try:
-        close_with_reason(open_device_websocket(access, request.connection_key, timeout), reason)
+        close_with_reason(open_device_websocket(access, connection_key, timeout), reason)
     except WebSocketLegError as exc:
-        log.debug("operation %s: could not tell the user why: %s", request.operation_id, exc)
+        log.debug("operation %s: could not tell the user why: %s", operation_id, exc)
 
 
 def close_with_reason(ws, reason):
