@@ -20,6 +20,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from cra.errors import AgentError
+
 DEFAULT = "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 fc00::/7 fe80::/10"
 ALL_PORTS = (1, 65535)
 SYNTAX = "ADDRESS, CIDR or HOSTNAME, each optionally :PORT or :PORT-PORT (e.g. 10.0.0.0/8:22, " \
@@ -27,7 +29,7 @@ SYNTAX = "ADDRESS, CIDR or HOSTNAME, each optionally :PORT or :PORT-PORT (e.g. 1
 LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?", re.I)
 
 
-class AllowError(ValueError):
+class AllowError(AgentError, ValueError):
     """An entry that is not one; the text names it."""
 
 

@@ -9,6 +9,7 @@ poll instead). Anything else is the REST layer's CloudError or CloudUnreachable.
 import itertools
 
 from cra.c8y import CloudError, CloudUnreachable
+from cra.errors import AgentError
 
 HANDSHAKE = "/meta/handshake"
 SUBSCRIBE = "/meta/subscribe"
@@ -23,11 +24,11 @@ ANSWER_MARGIN = 10.0
 REFUSING_STATUSES = (403, 404)
 
 
-class Lost(Exception):
+class Lost(AgentError):
     """The platform no longer knows the session (402::Unknown client, advice handshake)."""
 
 
-class Refused(Exception):
+class Refused(AgentError):
     """The platform will not give this device notifications: the endpoint is missing or forbidden,
     or it denied the handshake or the subscription, or advised not to reconnect."""
 

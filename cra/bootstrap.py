@@ -8,13 +8,13 @@ import os
 import tempfile
 from dataclasses import replace
 
-from cra.words import os_error_words
+from cra.errors import AgentError, os_error_words
 
 WAITING = "waiting for the device to be accepted in Device Management"
 KEYS = ("tenant", "user", "password")
 
 
-class CredentialsFileError(Exception):
+class CredentialsFileError(AgentError):
     pass
 
 

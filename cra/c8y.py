@@ -14,6 +14,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
 from cra import __version__
+from cra.errors import AgentError
 
 MEDIA = "application/vnd.com.nsn.cumulocity.{}+json"
 CONNECT_FRAGMENT = "c8y_RemoteAccessConnect"
@@ -31,11 +32,11 @@ NOT_SUBSCRIBED = ("the tenant is not subscribed to Cloud Remote Access: subscrib
                   "microservice in Administration > Applications (every /service/remoteaccess request answers 404 until then)")
 
 
-class CloudUnreachable(Exception):
+class CloudUnreachable(AgentError):
     pass
 
 
-class CloudError(Exception):
+class CloudError(AgentError):
     def __init__(self, status, message):
         super().__init__(f"{message} ({status})")
         self.status = status

@@ -3,10 +3,11 @@ setting up a gateway: the configuration, the way to the tenant, and the device's
 """
 from cra.bootstrap import WAITING, CredentialsFileError
 from cra.c8y import C8y, CloudError, CloudUnreachable
+from cra.errors import AgentError
 from cra.signin import BOOTSTRAP, CredentialsRejected, sign_in
 
 
-class CheckFailed(Exception):
+class CheckFailed(AgentError):
     pass
 
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 from cra.allow import DEFAULT_LIST, AllowError, AllowList, parse as parse_allow
+from cra.errors import AgentError
 
 
-class ConfigError(ValueError):
+class ConfigError(AgentError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ from cra import __version__
 from cra.c8y import MISSING_ROLE, NOT_SUBSCRIBED, C8y, CloudError, CloudUnreachable
 from cra.config import CloudAccess, env_name
 from cra.endpoint import StdioEndpoint, TcpEndpoint
+from cra.errors import AgentError
 from cra.tunnel import Tunnel
 from cra.websocket_leg import WebSocketLegError, open_websocket
 
@@ -42,7 +43,7 @@ CLIENT_REFUSALS = {
 }
 
 
-class Failure(Exception):
+class Failure(AgentError):
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code

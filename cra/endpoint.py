@@ -16,10 +16,10 @@ import time
 import serial
 from serial import rfc2217
 
-from cra.words import os_error_words
+from cra.errors import AgentError, os_error_words
 
 
-class EndpointError(Exception):
+class EndpointError(AgentError):
     pass
 
 

@@ -7,12 +7,13 @@ import logging
 import threading
 
 from cra.endpoint import EndpointError, open_tcp
+from cra.errors import AgentError
 from cra.websocket_leg import CLOSE_REASON_BYTES, WebSocketLegError, open_device_websocket
 
 log = logging.getLogger("cra.agent")
 
 
-class LegsFailed(Exception):
+class LegsFailed(AgentError):
     """Why the legs could not both be opened, as failureReason says it."""
 
 

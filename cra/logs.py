@@ -8,13 +8,13 @@ import os
 import socket
 import sys
 
-from cra.words import os_error_words
+from cra.errors import AgentError, os_error_words
 
 LINE = "%(asctime)s %(levelname)s %(message)s"
 SYSLOG_SOCKET = "/dev/log"
 
 
-class LogError(Exception):
+class LogError(AgentError):
     pass
 
 

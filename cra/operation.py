@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass
 
 from cra.c8y import CONNECT_FRAGMENT
+from cra.errors import AgentError
 
 # UUID-like: what the platform sends, and nothing that could leave the URL path it is put in.
 CONNECTION_KEY = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{7,127}")
@@ -12,7 +13,7 @@ CONNECTION_KEY = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{7,127}")
 LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
-class InvalidOperation(ValueError):
+class InvalidOperation(AgentError, ValueError):
     """Why an operation is refused, and its connection key when that is usable: its user can then be told."""
 
     def __init__(self, message, connection_key=None):

@@ -8,12 +8,13 @@ from typing import Optional
 from cra.bootstrap import CredentialsFile, CredentialsFileError, bootstrap_access, device_access
 from cra.c8y import C8y, CloudError
 from cra.config import CloudAccess
+from cra.errors import AgentError
 
 CONFIGURED = "[c8y] tenant, user and password (or token)"
 BOOTSTRAP = "[bootstrap] user, password and tenant"
 
 
-class CredentialsRejected(Exception):
+class CredentialsRejected(AgentError):
     """The platform answered 401; the sentence says what to do about it."""
 
 

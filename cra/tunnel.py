@@ -24,7 +24,7 @@ import websocket
 from websocket import ABNF
 
 from cra import frames
-from cra.words import os_error_words
+from cra.errors import os_error_words
 from cra.websocket_leg import CLOSE_REASON_BYTES
 
 CLOSE_WAIT = 2.0

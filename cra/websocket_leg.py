@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import websocket
 
 from cra.c8y import NOT_SUBSCRIBED, proxy_url, tls_failure
+from cra.errors import AgentError
 from cra.operation import masked
 
 # A proxy is used for every host: websocket-client, given no exceptions, falls back to its own
@@ -24,7 +25,7 @@ DEVICE_REFUSALS = {
 }
 
 
-class WebSocketLegError(Exception):
+class WebSocketLegError(AgentError):
     def __init__(self, message, status=None):
         super().__init__(message)
         self.status = status

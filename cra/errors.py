@@ -1,7 +1,12 @@
-"""Errors put into words, in one place: what a person reading one log line or one failure reason needs."""
+"""The agent's errors: one root for all of them, and OS errors put into words in one place, for a person
+reading one log line or one failure reason."""
 import os
 import re
 import ssl
+
+
+class AgentError(Exception):
+    """What the agent, cra-connect and their parts raise on purpose; anything else is a fault of ours."""
 
 
 def os_error_words(exc):
