@@ -152,15 +152,15 @@ class Misbehaving:
 
 
 def test_server_errors_and_garbage_are_logged_and_outlived(make_agent):
-    """A proxy's HTML error page, a truncated answer or a platform bug must cost one log line
-    each and a wait that grows, never the agent."""
+    """A proxy's HTML error page, a truncated answer, a body nested 20,000 deep or a platform bug must
+    cost one log line each and a wait that grows, never the agent."""
     script = Misbehaving({
         "/identity/externalIds/c8y_Serial/gw-001": [
             PLATFORM_ERROR, text_answer(200, "<html>login</html>"), json_answer(200, {"managedObject": {}})],
         "/devicecontrol/operations?status=PENDING": [
             text_answer(502, "<html>Bad Gateway</html>"), json_answer(200, []),
             json_answer(200, {"operations": "none"}), json_answer(200, {"operations": [1, 2]}),
-            (503, "text/plain", b"")],
+            (503, "text/plain", b""), (200, "application/json", b"[" * 20000 + b"]" * 20000)],
     })
     with ScriptedPlatform(script) as platform:
         agent = make_agent(platform)
@@ -178,6 +178,7 @@ def test_server_errors_and_garbage_are_logged_and_outlived(make_agent):
         r"the operation list has no list of operations in it; retrying in 0\.8 s$",
         r"the operation list has no list of operations in it; retrying in 1 s$",
         r"GET /devicecontrol/operations refused: Service Unavailable \(503\); retrying in 1 s$",
+        r"GET /devicecontrol/operations: the answer is not a JSON object \(HTTP 200, 40000 bytes\); retrying in 1 s$",
         r"the cloud answers again",
     ])
     assert "Traceback" not in agent.log()
@@ -253,8 +254,12 @@ def poll(c8y):
      r"^the operation list has no list of operations in it$"),
     (DROP, find_device, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: the server closed the connection without an answer$"),
     (HANG, poll, CloudUnreachable, None, r"^cannot reach http://127\.0\.0\.1:\d+: no answer in time$"),
+    (text_answer(200, "[" * 20000 + "]" * 20000, "application/json"), find_device, CloudUnreachable, None,
+     r"^GET /identity/externalIds/c8y_Serial/gw-001: the answer is not a JSON object \(HTTP 200, 40000 bytes\)$"),
+    (text_answer(500, '{"message":' * 20000 + "1" + "}" * 20000, "application/json"), poll, CloudError, 500,
+     r"^GET /devicecontrol/operations refused: Internal Server Error \(500\)$"),
 ], ids=["500 platform error", "401", "503 html", "200 html", "200 json list", "no managed object id",
-        "operations not objects", "connection dropped", "no answer"])
+        "operations not objects", "connection dropped", "no answer", "200 nested 20000 deep", "500 nested 20000 deep"])
 def test_the_rest_client_turns_every_bad_answer_into_a_sentence(tmp_path, answer, call, error, status, sentence):
     """The agent logs these exceptions as they are: their text is what the operator reads, and a
     401 must keep its status, since the agent reports rejected credentials differently."""
