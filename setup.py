@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "cloud": ["aiohttp>=3.9", "cryptography>=38"],
-        "dev": ["pytest>=7", "pytest-timeout>=2"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
     },
     entry_points={
         "console_scripts": [
