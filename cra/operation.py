@@ -62,7 +62,7 @@ def parse(operation):
     usable_key = key if isinstance(key, str) and CONNECTION_KEY.fullmatch(key) else None
     if not isinstance(hostname, str) or not is_host(hostname):
         raise InvalidOperation(f"invalid operation: hostname must be a host name or address, not {hostname!r}", usable_key)
-    if isinstance(port, str) and port.isascii() and port.isdigit():
+    if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:  # int() stops at 4300 digits
         port = int(port)
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise InvalidOperation(f"invalid operation: port must be a number from 1 to 65535, not {port!r}", usable_key)

@@ -5,7 +5,7 @@ from cra.agent import Agent
 from cra.config import load
 
 CONFIG = """[c8y]
-url = https://example.invalid
+url = https://127.0.0.1:9
 tenant = t100
 user = device_gw-001
 password = not-used

@@ -31,7 +31,7 @@ def test_a_port_is_a_number_or_its_digits(port, taken):
     assert parse(operation(port=port)).port == taken
 
 
-@pytest.mark.parametrize("port", [0, 65536, -1, 22.0, "22a", "", " 22", True, None, [22]])
+@pytest.mark.parametrize("port", [0, 65536, -1, 22.0, "22a", "", " 22", "000022", "9" * 4301, True, None, [22]])
 def test_any_other_port_is_an_invalid_operation(port):
     with pytest.raises(InvalidOperation, match=r"^invalid operation: port must be a number from 1 to 65535, not "):
         parse(operation(port=port))
