@@ -2,9 +2,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from agent_peers import Users
 from cra.cloud.demo import LocalSshd
-from support import AgentProcess, Cloud
+from toolkit.platform import Users
+from toolkit.programs import AgentProcess, Cloud
+from toolkit.servers import LocalServer
 
 
 @pytest.fixture
@@ -45,10 +46,24 @@ def make_agent(tmp_path):
 
 @pytest.fixture
 def users():
-    """Users' tools connected through the cloud (agent_peers.Users); all closed after the test."""
+    """Users' tools connected through the cloud (toolkit.platform.Users); all closed after the test."""
     opened = Users()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def serve():
+    """serve(handler) -> a LocalServer on 127.0.0.1; closed, with its threads joined, after the test."""
+    servers = []
+
+    def make(handler):
+        servers.append(LocalServer(handler))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ What the default allows of public addresses is checked in process (test_allow.py
 import contextlib
 import socket
 
-from agent_peers import EchoServer, add_configuration
-from support import receive_close, wait_for_status
+from toolkit.platform import add_configuration
+from toolkit.programs import receive_close, wait_for_status
+from toolkit.servers import EchoServer
 
 NOT_ALLOWED = "is not allowed by [agent] allow; the gateway's administrator can add it there"
 

@@ -17,8 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent_peers import assert_tunnel_works, log_lines, refused_port, wait_for_log_count, wait_until
-from support import ADMIN, AGENT_SCRIPT, AgentProcess
+from toolkit.platform import assert_tunnel_works
+from toolkit.programs import ADMIN, AGENT_SCRIPT, AgentProcess
+from toolkit.sockets import refused_port
+from toolkit.waiting import log_lines, wait_for_log_count, wait_until
 
 WAITING = r"waiting for the device to be accepted in Device Management"
 ASKED = "POST /devicecontrol/deviceCredentials"  # in the log of a cloud started with -v

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cra.config import OPTIONS, SERIAL_OPTIONS, ConfigError, SerialPort, load
-from support import AGENT_SCRIPT
+from toolkit.programs import AGENT_SCRIPT
 
 REPO = Path(AGENT_SCRIPT).parent
 SHIPPED = REPO / "etc" / "cra-agent.conf"

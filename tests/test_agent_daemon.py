@@ -17,9 +17,11 @@ import time
 
 import pytest
 
-from agent_peers import EchoServer, add_configuration, assert_tunnel_works, log_lines, wait_until
 from conftest import programs
-from support import AGENT_SCRIPT, AgentProcess, wait_for_status
+from toolkit.platform import add_configuration, assert_tunnel_works
+from toolkit.programs import AGENT_SCRIPT, AgentProcess, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.waiting import log_lines, wait_until
 
 from cra import logs
 from cra.config import LogSettings

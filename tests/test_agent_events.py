@@ -10,27 +10,15 @@ import sys
 
 import pytest
 
-from agent_peers import EchoServer, add_configuration, assert_tunnel_works, log_lines, wait_until
-from support import ADMIN, DEVICE, Cloud, wait_for_status
-from tunnel_tools import LocalServer, recv_exactly, recv_until_eof, ws_recv_exactly
+from toolkit.platform import add_configuration, assert_tunnel_works
+from toolkit.programs import ADMIN, DEVICE, Cloud, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import recv_exactly, recv_until_eof, ws_recv_exactly
+from toolkit.waiting import log_lines, wait_until
 
 EVENT_TYPE = "c8y_RemoteAccessSession"
 BANNER, REPLY = os.urandom(7001), b"ok"  # what the service sends: bytes to the cloud
 UPLOAD = os.urandom(12345)  # what the user sends: bytes from the cloud
-
-
-@pytest.fixture
-def serve():
-    """serve(handler) -> a LocalServer on 127.0.0.1; closed, with its threads joined, after the test."""
-    servers = []
-
-    def make(handler):
-        servers.append(LocalServer(handler))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 def session_events(cloud, device_id):

@@ -27,8 +27,6 @@ Bounded: a hundred generated examples and a dozen written out, derandomized, abo
 A port of more digits than Python converts to an int (4300) has a test of its own, below.
 """
 import re
-import socket
-import threading
 import time
 from urllib.parse import parse_qsl, urlsplit
 
@@ -36,15 +34,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent_peers import EchoServer, add_configuration, create_operation, refused_port
-from support import wait_for_status
+from toolkit.middleboxes import CloudRelay
+from toolkit.platform import add_configuration, create_operation
+from toolkit.programs import wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import LOCALHOST, refused_port
 
-LOCALHOST = "127.0.0.1"
 FIELDS = ("hostname", "port", "connectionKey")
 CATCH_ALL = "the agent could not handle the operation"
 STATUS_TIMEOUT = 15
-JOIN_TIMEOUT = 10
-MAX_LINE = 1 << 16
 
 # The agent's REST calls, as request lines; a device WebSocket is checked on its own.
 REST_CALLS = [re.compile(p) for p in (
@@ -61,122 +59,6 @@ LISTING = {"deviceId": r"\d+", "status": r"PENDING|EXECUTING", "fragmentType": r
            "pageSize": r"\d+"}
 DEVICE_LEG = re.compile(r"GET /service/remoteaccess/device/([^ ]*) HTTP/1\.1")
 URL_SAFE_KEY = re.compile(r"[0-9A-Za-z-]+")
-
-
-class RequestRecorder:
-    """A relay on 127.0.0.1 for the agent's [c8y] url, in front of the real cloud, that writes down
-    every request line the agent sends, exactly as sent, on every connection: each request's head
-    is read, noted and passed on, then its Content-Length body; after a WebSocket upgrade the rest
-    passes unread. Answers pass back untouched. A request it cannot frame (a chunked body) is noted
-    in `unframed`, and its connection passes unread from there."""
-
-    def __init__(self, cloud_port):
-        self.cloud_port = cloud_port
-        self.lines, self.unframed = [], []
-        self._lock = threading.Lock()
-        self._sockets, self._threads = [], []
-        self._closed = threading.Event()
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.url = f"http://{LOCALHOST}:{self._listener.getsockname()[1]}"
-        self._start(self._accept)
-
-    def seen(self):
-        with self._lock:
-            return list(self.lines)
-
-    def _start(self, target, *args):
-        thread = threading.Thread(target=target, args=args, name="recorder", daemon=True)
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _accept(self):
-        while not self._closed.is_set():
-            try:
-                agent, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                cloud = socket.create_connection((LOCALHOST, self.cloud_port), timeout=JOIN_TIMEOUT)
-            except OSError:
-                agent.close()
-                continue
-            agent.settimeout(None)
-            cloud.settimeout(None)
-            with self._lock:
-                self._sockets += [agent, cloud]
-            if self._closed.is_set():
-                _shutdown(agent)
-            self._start(_copy, cloud, agent)
-            self._start(self._requests, agent, cloud)
-
-    def _requests(self, agent, cloud):
-        reader = agent.makefile("rb")
-        try:
-            while True:
-                head = [reader.readline(MAX_LINE)]
-                if not head[0]:
-                    break
-                while head[-1] not in (b"\r\n", b"\n", b""):
-                    head.append(reader.readline(MAX_LINE))
-                line = head[0].decode("latin-1").rstrip("\r\n")
-                with self._lock:
-                    self.lines.append(line)
-                cloud.sendall(b"".join(head))
-                headers = dict(_header(raw) for raw in head[1:-1])
-                if "upgrade" in headers.get("connection", "").lower():
-                    break
-                if "transfer-encoding" in headers:
-                    with self._lock:
-                        self.unframed.append(line)
-                    break
-                cloud.sendall(reader.read(int(headers.get("content-length", 0))))
-            while chunk := reader.read1(MAX_LINE):
-                cloud.sendall(chunk)
-        except (OSError, ValueError):
-            pass
-        finally:
-            reader.close()
-            _shutdown(cloud)
-
-    def close(self):
-        self._closed.set()
-        self._listener.close()
-        with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
-        for sock in sockets:
-            _shutdown(sock)
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [t.name for t in threads if t.is_alive()]
-        for sock in sockets:
-            sock.close()
-        assert not stuck, f"the recorder's threads did not end within {JOIN_TIMEOUT} s: {stuck}"
-
-
-def _header(raw):
-    name, _, value = raw.decode("latin-1").partition(":")
-    return name.strip().lower(), value.strip()
-
-
-def _copy(source, target):
-    try:
-        while chunk := source.recv(MAX_LINE):
-            target.sendall(chunk)
-    except OSError:
-        pass
-    _shutdown(target)
-
-
-def _shutdown(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def unexpected_requests(lines, keys):
@@ -286,9 +168,10 @@ def fragments(held_port):
 
 @pytest.fixture
 def recorder(cloud):
-    relay = RequestRecorder(urlsplit(cloud.url).port)
-    yield relay
-    relay.close()
+    """A CloudRelay in front of the cloud, for the agent's [c8y] url: it writes down the line of every
+    request the agent sends, exactly as sent (cra-cloud's own access log masks connection keys)."""
+    with CloudRelay(cloud.url) as relay:
+        yield relay
 
 
 def test_generated_operations_fail_with_a_reason_and_never_become_a_request_of_their_own(

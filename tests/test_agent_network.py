@@ -6,7 +6,7 @@ A gateway on a site network reaches its tenant through the site's proxy, and an 
 on-premises tenant often has a private CA: when either is not honoured on one of the two legs,
 the device shows up but its tunnels fail, or the agent trusts what it should not. cra-cloud
 serves plain HTTP, so the agent reaches it through a TLS terminator or an HTTP proxy of the
-test's own (tests/agent_peers.py) while the user's tool connects to the cloud directly: only
+test's own (tests/toolkit/middleboxes.py) while the user's tool connects to the cloud directly: only
 the agent's legs take the path under test. Everything is on 127.0.0.1.
 """
 import ipaddress
@@ -23,9 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent_peers import (LOCALHOST, EchoServer, HttpProxy, TlsTerminator, add_configuration, log_lines,
-                         operation, wait_for_log_count)
-from support import wait_for_status
+from toolkit.middleboxes import HttpProxy, TlsTerminator
+from toolkit.platform import add_configuration, operation
+from toolkit.programs import wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import LOCALHOST
+from toolkit.waiting import log_lines, wait_for_log_count
 
 NETWORK_ENVIRONMENT = ["http_proxy", "https_proxy", "all_proxy", "no_proxy", "REQUESTS_CA_BUNDLE",
                        "CURL_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE"]

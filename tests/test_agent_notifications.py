@@ -9,9 +9,12 @@ import re
 import signal
 import time
 
-from agent_peers import (CuttableLink, EchoServer, add_configuration, assert_tunnel_works, free_port, log_lines,
-                         wait_until)
-from support import DEVICE, wait_for_status
+from toolkit.middleboxes import CloudRelay
+from toolkit.platform import add_configuration, assert_tunnel_works
+from toolkit.programs import DEVICE, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import free_port
+from toolkit.waiting import log_lines, wait_until
 
 LISTENING = r"operations: real-time notifications from "
 UNAVAILABLE = r"operations: real-time notifications unavailable"
@@ -62,7 +65,7 @@ def test_operations_seen_both_pushed_and_listed_are_handled_once(make_cloud, mak
     SUCCESSFUL, and no second EXECUTING is attempted."""
     cloud = make_cloud(args=["-v"])
     device_id = cloud.device_id()
-    with CuttableLink(cloud.url) as link, EchoServer() as echo:
+    with CloudRelay(cloud.url) as link, EchoServer() as echo:
         config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)
         agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
         link.cut()
@@ -93,7 +96,7 @@ def test_after_a_cloud_restart_the_agent_subscribes_again_and_loses_nothing(make
 def test_a_connect_dropped_mid_hold_is_made_again_and_nothing_is_lost(cloud, make_agent, users):
     """A relay on the way drops the held connect: the agent connects again at once, and a session
     opened right after is served."""
-    with CuttableLink(cloud.url) as link:
+    with CloudRelay(cloud.url) as link:
         agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url}, **QUIET})
         link.cut()
         link.restore()
@@ -106,7 +109,7 @@ def test_a_connect_that_goes_silent_is_given_up_after_its_hold_and_nothing_is_lo
     The agent gives up a little after the hold, connects again and lists what it may have missed,
     so a session opened during the silence is served then."""
     cloud = make_cloud(args=["--notification-hold", "1", "--operation-timeout", "60"])
-    with CuttableLink(cloud.url) as link:
+    with CloudRelay(cloud.url) as link:
         # the agent's idle REST connection goes silent too, and is given up after request_timeout
         agent = listening_agent(make_agent, cloud, options={"c8y": {"url": link.url, "request_timeout": "5"}, **QUIET})
         time.sleep(0.5)  # the first connect, answered at once, and the second, now held

@@ -9,9 +9,11 @@ import re
 
 import pytest
 
-from agent_peers import (EchoServer, add_configuration, create_operation, log_lines, operation,
-                         refused_port, unanswered_port, wait_for_log_count)
-from support import ADMIN, AgentProcess, Cloud, receive_close, wait_for_status
+from toolkit.platform import add_configuration, create_operation, operation
+from toolkit.programs import ADMIN, AgentProcess, Cloud, receive_close, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import refused_port, unanswered_port
+from toolkit.waiting import log_lines, wait_for_log_count
 
 PROTOCOLS = ["PASSTHROUGH", "SSH", "VNC", "TELNET"]
 ADMIN_SEED = {"user": "admin", "password": "admin-pw", "roles": ["ROLE_REMOTE_ACCESS_ADMIN"]}

@@ -12,10 +12,13 @@ import uuid
 
 import pytest
 
-from agent_peers import (DROP, HANG, CuttableLink, EchoServer, ScriptedPlatform, add_configuration, assert_tunnel_works,
-                         cloud_access, assert_logged_in_order, free_port, json_answer, log_lines, operation,
-                         refused_port, text_answer, wait_for_log_count, wait_until)
-from support import DEVICE, SEED, wait_for_status
+from toolkit.middleboxes import CloudRelay
+from toolkit.platform import (DROP, HANG, ScriptedPlatform, add_configuration, assert_tunnel_works, cloud_access,
+                              json_answer, operation, text_answer)
+from toolkit.programs import DEVICE, SEED, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import free_port, refused_port
+from toolkit.waiting import assert_logged_in_order, log_lines, wait_for_log_count, wait_until
 
 from cra.registration import PROTOCOLS
 from cra.c8y import C8y, CloudError, CloudUnreachable
@@ -83,7 +86,7 @@ def test_an_operation_created_while_the_agent_is_cut_off_is_served_when_it_is_ba
     """The user connects while the gateway's uplink is down: the operation waits on the platform,
     and the agent must serve it once the uplink is back, within the platform's 30 s."""
     device_id = cloud.device_id()
-    with CuttableLink(cloud.url) as link, EchoServer() as echo:
+    with CloudRelay(cloud.url) as link, EchoServer() as echo:
         agent = make_agent(cloud, options={"c8y": {"url": link.url}})
         agent.wait_for_log(r"device gw-001 is managed object")
         config_id = add_configuration(cloud, device_id, "127.0.0.1", echo.port)

@@ -14,9 +14,11 @@ import termios
 import pytest
 import websocket
 
-from agent_peers import LOCALHOST, PtyConsole, add_configuration, create_operation, refused_port, wait_until
-from support import receive_close, wait_for_status
-from tunnel_tools import in_parallel, ws_recv_exactly
+from toolkit.console import PtyConsole
+from toolkit.platform import add_configuration, create_operation
+from toolkit.programs import receive_close, wait_for_status
+from toolkit.sockets import LOCALHOST, refused_port, ws_recv_exactly
+from toolkit.waiting import in_parallel, wait_until
 
 KiB, MiB = 1 << 10, 1 << 20
 FRAME = 64 * KiB

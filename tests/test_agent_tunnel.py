@@ -7,15 +7,14 @@ import re
 import signal
 import threading
 import time
-from urllib.parse import urlsplit
 
 import pytest
 import websocket
 
-from agent_peers import CuttableLink
-from support import ADMIN, DEVICE, basic, receive_close, wait_for_status
-from tunnel_tools import (LocalServer, Wiretap, in_parallel, join_all, open_fds, recv_exactly, recv_until_eof,
-                          start_thread, tcp_ports_of, threads_of, wait_until, ws_recv_exactly)
+from toolkit.middleboxes import CloudRelay
+from toolkit.programs import ADMIN, DEVICE, basic, receive_close, wait_for_status
+from toolkit.sockets import open_fds, recv_exactly, recv_until_eof, tcp_connections_of, threads_of, ws_recv_exactly
+from toolkit.waiting import in_parallel, join_all, start_thread, wait_until
 
 MiB = 1 << 20
 FRAME = 64 * 1024
@@ -32,26 +31,12 @@ def echo(sock):
 
 
 @pytest.fixture
-def serve():
-    """serve(handler) -> a LocalServer on 127.0.0.1; closed, with its threads joined, after the test."""
-    servers = []
-
-    def make(handler):
-        servers.append(LocalServer(handler))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
 def wiretap(cloud):
-    """wiretap(drop_pongs=...) -> a Wiretap in front of the cloud, for the agent's [c8y] url."""
+    """wiretap(drop_pongs=...) -> a CloudRelay in front of the cloud, for the agent's [c8y] url."""
     taps = []
 
     def make(**options):
-        taps.append(Wiretap(urlsplit(cloud.url).port, **options))
+        taps.append(CloudRelay(cloud.url, **options))
         return taps[-1]
 
     yield make
@@ -252,7 +237,7 @@ def test_a_cloud_that_stops_reading_ends_the_tunnel_within_two_ping_intervals(cl
             pass  # the agent closed the connection: what this test waits for
         return recv_until_eof(sock)
 
-    with CuttableLink(cloud.url) as link:
+    with CloudRelay(cloud.url) as link:
         server = serve(flood)
         agent = make_agent(cloud, options={"c8y": {"url": link.url}, "agent": {"ping_interval": "0.5"}})
         client, op = connect(cloud, configure(cloud, server.port))
@@ -303,7 +288,7 @@ def test_no_descriptor_or_thread_outlives_its_tunnel(cloud, make_agent, serve, w
     agent.wait_for_log(r"operations: real-time notifications from")
 
     def footprint():
-        return open_fds(agent.proc.pid, except_ports=tap.rest_ports), threads_of(agent.proc.pid)
+        return open_fds(agent.proc.pid, except_connections=tap.rest), threads_of(agent.proc.pid)
 
     idle = footprint()
     clients = []
@@ -319,8 +304,9 @@ def test_no_descriptor_or_thread_outlives_its_tunnel(cloud, make_agent, serve, w
         else:
             server.connection(index).hang_up()
             assert receive_close(client)[0] == 1000
-    assert wait_until(lambda: agent.log().count(" closed: ") == count), agent.log()
-    assert wait_until(lambda: footprint() == idle), f"idle (fds, threads) {idle}, now {footprint()}"
+    wait_until(lambda: agent.log().count(" closed: ") == count,
+               lambda: f"all {count} tunnels closing (the agent's log:\n{agent.log()})", 15)
+    wait_until(lambda: footprint() == idle, lambda: f"the agent back to its idle (fds, threads) {idle} (now {footprint()})", 15)
 
 
 def test_a_burst_of_operations_leaves_no_more_than_a_small_pool_of_rest_connections(cloud, make_agent, serve, wiretap):
@@ -336,8 +322,9 @@ def test_a_burst_of_operations_leaves_no_more_than_a_small_pool_of_rest_connecti
     for index, client in enumerate(clients):
         assert round_trip(client, b"hello %d" % index) == b"hello %d" % index
         client.close()
-    assert wait_until(lambda: agent.log().count(" closed: ") == count, 20), agent.log()
-    rest = [port for port in tcp_ports_of(agent.proc.pid) if port in tap.rest_ports]
+    wait_until(lambda: agent.log().count(" closed: ") == count,
+               lambda: f"all {count} tunnels closing (the agent's log:\n{agent.log()})", 20)
+    rest = [connection for connection in tcp_connections_of(agent.proc.pid) if connection in tap.rest]
     assert len(rest) <= 5, rest
     assert "Connection pool is full" not in agent.log()
 
@@ -357,7 +344,8 @@ def test_a_quiet_tunnel_pings_the_cloud_and_still_carries_data_afterwards(cloud,
     answers keep the tunnel up through four intervals (2 s) of silence and more."""
     tap = wiretap()
     _, agent, client, op = quiet_tunnel_through(tap, cloud, make_agent, serve)
-    assert wait_until(lambda: tap.pings >= 4 and tap.pongs >= 4, timeout=10), (tap.pings, tap.pongs)
+    wait_until(lambda: tap.pings >= 4 and tap.pongs >= 4, lambda: f"four pings and pongs (now {tap.pings}, {tap.pongs})",
+               timeout=10)
     assert round_trip(client, b"after") == b"after"
     assert f"tunnel {op['id']} closed" not in agent.log()
     client.close()

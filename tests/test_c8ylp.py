@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_peers import wait_until
 from cra.cloud.demo import LocalSshd
-from support import ADMIN, SEED, VIEWER, readline_within
+from toolkit.programs import ADMIN, SEED, VIEWER, readline_within
+from toolkit.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not LocalSshd.available(), reason="OpenSSH server not installed (make test installs it)")
 

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import websocket
 
-from support import (ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, DEVICE_T200, OTHER_DEVICE, SEED, VIEWER, Cloud, basic,
-                     receive_close)
+from toolkit.programs import (ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, DEVICE_T200, OTHER_DEVICE, SEED, VIEWER, Cloud,
+                              basic, receive_close)
 
 ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json;charset=UTF-8;ver=0.9"
 LOGIN_FORM = {"grant_type": "PASSWORD", "username": ADMIN[0], "password": ADMIN[1]}

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from support import ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, OTHER_DEVICE
+from toolkit.programs import ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, OTHER_DEVICE
 
 ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

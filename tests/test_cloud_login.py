@@ -8,7 +8,7 @@ import pytest
 import requests
 import websocket
 
-from support import ADMIN, ADMIN_T200, DEVICE, DEVICE_T200, VIEWER, Cloud, basic
+from toolkit.programs import ADMIN, ADMIN_T200, DEVICE, DEVICE_T200, VIEWER, Cloud, basic
 
 UNSUBSCRIBED = {"error": "microservice/Not Found",
                 "message": "Microservice/application cloud-remote-access is not subscribed by tenant t100"}

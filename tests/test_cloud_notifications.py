@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from support import ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, DEVICE_T200, OTHER_DEVICE, Cloud, basic
+from toolkit.programs import ADMIN, ADMIN_T200, BOOTSTRAP, DEVICE, DEVICE_T200, OTHER_DEVICE, Cloud, basic
 
 PATH = "/notification/operations"
 ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json"

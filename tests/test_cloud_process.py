@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from support import ADMIN, DEVICE, SEED, Cloud
+from toolkit.programs import ADMIN, DEVICE, SEED, Cloud
 
 SALT = "8f3a2c11d0e94b7a"
 

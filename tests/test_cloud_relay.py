@@ -17,7 +17,7 @@ import pytest
 import websocket
 
 from cra.cloud.relay import MAX_FRAME
-from support import ADMIN, ADMIN_T200, DEVICE, basic, receive_close
+from toolkit.programs import ADMIN, ADMIN_T200, DEVICE, basic, receive_close
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -143,7 +143,7 @@ def log_lines(cloud, pattern, timeout=10):
 
 
 def connect_device(cloud, key, **options):
-    """A device leg free to leave out the subprotocol (support's open_device always offers it)."""
+    """A device leg free to leave out the subprotocol (programs.Cloud.open_device always offers it)."""
     return websocket.create_connection(f"{cloud.ws_url}/service/remoteaccess/device/{key}",
                                        header={"Authorization": basic(DEVICE)}, timeout=30, **options)
 

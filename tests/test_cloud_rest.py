@@ -10,7 +10,7 @@ import re
 import pytest
 import requests
 
-from support import ADMIN, BOOTSTRAP, DEVICE, Cloud
+from toolkit.programs import ADMIN, BOOTSTRAP, DEVICE, Cloud
 
 ERROR_MEDIA_TYPE = "application/vnd.com.nsn.cumulocity.error+json"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

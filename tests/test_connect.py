@@ -18,9 +18,11 @@ from typing import Callable, NamedTuple, Optional
 import pytest
 import requests
 
-from agent_peers import LOCALHOST, EchoServer, add_configuration, wait_for_log_count
-from support import ADMIN, VIEWER, wait_for_status
-from tunnel_tools import in_parallel, join_all, recv_exactly, start_thread
+from toolkit.platform import add_configuration
+from toolkit.programs import ADMIN, VIEWER, wait_for_status
+from toolkit.servers import EchoServer
+from toolkit.sockets import LOCALHOST, recv_exactly
+from toolkit.waiting import in_parallel, join_all, start_thread, wait_for_log_count
 
 CRA_CONNECT = os.path.join(os.path.dirname(sys.executable), "cra-connect")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CREDENTIALS, EXIT_ROLE = 0, 1, 2, 3, 4

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_peers import assert_tunnel_works, refused_port, wait_until
-from support import ADMIN
+from toolkit.platform import assert_tunnel_works
+from toolkit.programs import ADMIN
+from toolkit.sockets import refused_port
+from toolkit.waiting import wait_until
 
 TOP = Path(__file__).resolve().parent.parent
 BOOKWORM_ROOT = TOP / ".cache" / "bookworm"

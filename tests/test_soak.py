@@ -4,17 +4,14 @@ back where it started: its descriptors and threads exactly, its memory within a 
 
 Every loop is bounded in count and in time. Marked `soak`: `pytest -m soak` runs it alone.
 """
-import contextlib
-import os
-import re
-import socket
-import threading
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
-from tunnel_tools import in_parallel, join_all, threads_of, wait_until, ws_recv_exactly
+from toolkit.middleboxes import CloudRelay
+from toolkit.servers import EchoServer
+from toolkit.sockets import open_fds, rss_kib, threads_of, ws_recv_exactly
+from toolkit.waiting import in_parallel, wait_until
 
 pytestmark = pytest.mark.soak
 
@@ -32,148 +29,6 @@ RSS_BOUND_KIB = 8 * 1024
 SETTLE_TIMEOUT = 20
 SEQUENTIAL_BUDGET = 90
 CLIENT_TIMEOUT = 20
-LOCALHOST = "127.0.0.1"
-DEVICE_LEG = b"GET /service/remoteaccess/device/"
-
-
-class _Service:
-    """A TCP service on 127.0.0.1: each connection is served on a thread of its own and closed as soon
-    as it ends, so that a thousand tunnels do not hold a thousand descriptors in the test process
-    (tunnel_tools' LocalServer and Wiretap keep every socket until they close, and set no
-    TCP_NODELAY: the Wiretap's small writes then wait out delayed ACKs, 40 ms per echo)."""
-
-    def __init__(self):
-        self._listener = socket.create_server((LOCALHOST, 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._live, self._threads = set(), []
-        self._closed = threading.Event()
-        self._accepter = threading.Thread(target=self._accept, name="soak-accept", daemon=True)
-        self._accepter.start()
-
-    def _accept(self):
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._run, args=(conn,), name="soak-conn", daemon=True)
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
-
-    def _run(self, conn):
-        try:
-            with self._tracked(conn):
-                self.serve(conn)
-        except OSError:
-            pass
-
-    @contextlib.contextmanager
-    def _tracked(self, sock):
-        """`sock`, set for small writes, shut down by close() while the block runs, closed after it."""
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._live.add(sock)
-        if self._closed.is_set():  # closed while this connection was being set up
-            _shutdown(sock)
-        try:
-            yield sock
-        finally:
-            with self._lock:
-                self._live.discard(sock)
-            sock.close()
-
-    def close(self):
-        self._closed.set()
-        join_all([self._accepter])
-        self._listener.close()
-        with self._lock:
-            live, threads = list(self._live), list(self._threads)
-        for sock in live:
-            _shutdown(sock)
-        join_all(threads)
-
-
-class EchoService(_Service):
-    """Sends back every byte, on as many connections as tunnels reach it."""
-
-    def serve(self, conn):
-        while chunk := conn.recv(65536):
-            conn.sendall(chunk)
-
-
-class CloudTap(_Service):
-    """A relay for the agent's [c8y] url in front of the cloud that notes, in `rest`, the agent's
-    REST connections (any but a device WebSocket) as (the agent's port, this relay's port), to leave
-    them out of the agent's descriptors."""
-
-    def __init__(self, cloud_port):
-        self.cloud_port = cloud_port
-        self.rest = set()
-        super().__init__()
-        self.url = f"http://{LOCALHOST}:{self.port}"
-
-    def serve(self, agent):
-        head = b""
-        while not head.endswith(b"\r\n\r\n") and len(head) < 1 << 16:
-            byte = agent.recv(1)
-            if not byte:
-                return
-            head += byte
-        if not head.startswith(DEVICE_LEG):
-            self.rest.add((agent.getpeername()[1], self.port))
-        with self._tracked(socket.create_connection((LOCALHOST, self.cloud_port), timeout=CLIENT_TIMEOUT)) as cloud:
-            cloud.sendall(head)
-            down = threading.Thread(target=_copy, args=(cloud, agent), name="soak-down", daemon=True)
-            down.start()
-            _copy(agent, cloud)
-            join_all([down], CLIENT_TIMEOUT)
-
-
-def _copy(source, target):
-    try:
-        while chunk := source.recv(65536):
-            target.sendall(chunk)
-    except OSError:
-        pass
-    _shutdown(target)
-
-
-def _shutdown(sock):
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def open_fds_but(pid, connections):
-    """How many descriptors pid has open, not counting its TCP sockets whose (local port, remote port)
-    is one of `connections`. (tunnel_tools.open_fds tells by the local port alone, which a connection
-    to another address may share: at a hundred tunnels the count came one short now and then.)"""
-    ends = {}
-    for table in ("tcp", "tcp6"):
-        with open(f"/proc/{pid}/net/{table}") as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                ends[f"socket:[{fields[9]}]"] = tuple(int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:  # closed while we looked
-            continue
-        count += ends.get(target) not in connections
-    return count
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
 
 
 class Soak:
@@ -187,7 +42,7 @@ class Soak:
     def footprint(self):
         """(descriptors but the agent's REST sockets, threads, resident KiB) of the agent."""
         pid = self.agent.proc.pid
-        return open_fds_but(pid, self.tap.rest), threads_of(pid), rss_kib(pid)
+        return open_fds(pid, except_connections=self.tap.rest), threads_of(pid), rss_kib(pid)
 
     def open(self, payload):
         """A user's tool through a new tunnel, once `payload` has come back through it."""
@@ -204,14 +59,18 @@ class Soak:
         """Wait (bounded) until every tunnel opened so far has closed and the agent's descriptors and
         threads are those of `baseline`; the footprint then, with what it was measured against."""
         self.tunnels += opened
-        assert wait_until(lambda: self.closed_count() == self.tunnels, SETTLE_TIMEOUT), \
-            f"{phase}: {self.closed_count()} of {self.tunnels} tunnels closed within {SETTLE_TIMEOUT} s"
-        settled = wait_until(lambda: self.footprint()[:2] == baseline[:2], SETTLE_TIMEOUT)
+        wait_until(lambda: self.closed_count() == self.tunnels,
+                   lambda: f"{phase}: all tunnels closing ({self.closed_count()} of {self.tunnels})", SETTLE_TIMEOUT)
+
+        def described(now):
+            return (f"{phase}: baseline {baseline[0]} fds, {baseline[1]} threads, {baseline[2]} KiB RSS; "
+                    f"after {now[0]} fds, {now[1]} threads, {now[2]} KiB RSS (+{now[2] - baseline[2]} KiB)")
+
+        wait_until(lambda: self.footprint()[:2] == baseline[:2],
+                   lambda: f"descriptors and threads back to the baseline's ({described(self.footprint())})", SETTLE_TIMEOUT)
         now = self.footprint()
-        figures = (f"{phase}: baseline {baseline[0]} fds, {baseline[1]} threads, {baseline[2]} KiB RSS; "
-                   f"after {now[0]} fds, {now[1]} threads, {now[2]} KiB RSS (+{now[2] - baseline[2]} KiB)")
+        figures = described(now)
         print(figures)
-        assert settled, figures
         if rss_bound is not None:
             assert now[2] <= baseline[2] + rss_bound, f"{figures}: more than {rss_bound} KiB over the baseline"
         return now
@@ -220,10 +79,10 @@ class Soak:
 def test_a_thousand_tunnels_in_turn_then_a_hundred_at_once_leave_the_agent_as_it_was(cloud, make_agent):
     """Sequential: connect, one echo, close, a thousand times (within SEQUENTIAL_BUDGET). Concurrent: a
     hundred users connect at once, each echoes while all are open, then all close. The agent reaches
-    the cloud through a CloudTap so that its REST sockets (a keep-alive pool that grows with concurrent
+    the cloud through a CloudRelay so that its REST sockets (a keep-alive pool that grows with concurrent
     requests) are told from its tunnels' and not counted."""
-    server = EchoService()
-    tap = CloudTap(urlsplit(cloud.url).port)
+    server = EchoServer()
+    tap = CloudRelay(cloud.url)
     try:
         agent = make_agent(cloud, options={"c8y": {"url": tap.url}, "agent": {"max_tunnels": str(CONCURRENT + 20)}})
         answer = cloud.api().post(f"/service/remoteaccess/devices/{cloud.device_id()}/configurations",

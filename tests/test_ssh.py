@@ -14,8 +14,8 @@ import threading
 import pytest
 
 from cra.cloud.demo import LocalSshd
-from agent_peers import wait_for_log_count
-from support import ADMIN
+from toolkit.programs import ADMIN
+from toolkit.waiting import wait_for_log_count
 
 pytestmark = pytest.mark.skipif(not LocalSshd.available(), reason="OpenSSH server not installed (make test installs it)")
 

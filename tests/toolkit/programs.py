@@ -1,4 +1,5 @@
-"""A real cra-cloud in a subprocess, and the clients tests talk to it with.
+"""The real programs the tests run: a cra-cloud and the agent, each in a subprocess, the seed
+and the identities the cloud starts with, and the clients tests talk to the cloud with.
 
 The clients are the agent's own libraries (requests, websocket-client), so the tests speak to
 the cloud the way the agent and a user's tool do.
@@ -17,6 +18,7 @@ import requests
 import websocket
 
 from cra.cloud import certificates
+from toolkit.sockets import rss_kib
 
 ADMIN = ("t100/admin", "admin-pw")
 DEVICE = ("t100/device_gw-001", "dev-pw")
@@ -130,8 +132,7 @@ class Cloud(_Program):
         return next(c["id"] for c in configs if c["name"] == name)
 
     def rss_kib(self):
-        status = open(f"/proc/{self.proc.pid}/status").read()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        return rss_kib(self.proc.pid)
 
     def open_client(self, device_id, config_id, auth=ADMIN, headers=None, **options):
         """A user's tool connecting to a configuration; creates the PENDING operation."""
@@ -169,7 +170,8 @@ class Cloud(_Program):
         return client, device, op
 
 
-AGENT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cra_agent.py")
+AGENT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "cra_agent.py")
 
 
 class AgentProcess(_Program):
