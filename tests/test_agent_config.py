@@ -9,19 +9,11 @@ from pathlib import Path
 import pytest
 
 from cra.config import OPTIONS, SERIAL_OPTIONS, ConfigError, SerialPort, load
-from toolkit.programs import AGENT_SCRIPT
+from toolkit.programs import AGENT_CONFIG, AGENT_SCRIPT
 
 REPO = Path(AGENT_SCRIPT).parent
 SHIPPED = REPO / "etc" / "cra-agent.conf"
-GOOD = """[c8y]
-url = https://example.cumulocity.com
-tenant = t100
-user = device_gw-001
-password = s3cret-Pw
-external_id = gw-001
-[agent]
-poll_interval = 5
-"""
+GOOD = AGENT_CONFIG + "poll_interval = 5\n"
 
 
 def write(tmp_path, text):

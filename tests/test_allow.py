@@ -7,15 +7,8 @@ import pytest
 
 from cra.allow import DEFAULT, DEFAULT_LIST, AllowError, parse
 from cra.config import ConfigError, load
+from toolkit.programs import AGENT_CONFIG
 
-GOOD = """[c8y]
-url = https://example.cumulocity.com
-tenant = t100
-user = device_gw-001
-password = s3cret-Pw
-external_id = gw-001
-[agent]
-"""
 REFUSED_BY_DEFAULT = "is not allowed by [agent] allow (default: loopback and private networks only); " \
                      "the gateway's administrator can add it there"
 
@@ -52,7 +45,7 @@ def test_a_refusal_says_what_was_refused_by_what():
 
 def test_the_default_is_the_configured_default_and_reads_as_documented(tmp_path):
     path = tmp_path / "agent.conf"
-    path.write_text(GOOD)
+    path.write_text(AGENT_CONFIG)
     config = load(path, environ={})
     assert config.allow == DEFAULT_LIST == parse(DEFAULT)
     assert str(config.allow) == "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 169.254.0.0/16 fc00::/7 fe80::/10"
@@ -149,7 +142,7 @@ def test_spaces_and_commas_separate_entries_and_the_list_reads_back_as_given():
 ])
 def test_a_bad_entry_is_refused_at_load_with_the_file_the_option_and_the_entry(tmp_path, value, complaint):
     path = tmp_path / "agent.conf"
-    path.write_text(GOOD + f"allow = {value}\n")
+    path.write_text(AGENT_CONFIG + f"allow = {value}\n")
     with pytest.raises(ConfigError) as refused:
         load(path, environ={})
     assert str(refused.value).startswith(f"{path}: [agent] allow: ")
@@ -160,7 +153,7 @@ def test_a_bad_entry_is_refused_at_load_with_the_file_the_option_and_the_entry(t
 
 def test_a_bad_entry_in_the_environment_names_the_variable(tmp_path):
     path = tmp_path / "agent.conf"
-    path.write_text(GOOD)
+    path.write_text(AGENT_CONFIG)
     with pytest.raises(ConfigError, match=r"^environment CRA_AGENT_ALLOW: '10\.0\.0\.0/8:x': the port must be"):
         load(path, environ={"CRA_AGENT_ALLOW": "10.0.0.0/8:x"})
     assert str(load(path, environ={"CRA_AGENT_ALLOW": "any"}).allow) == "any"

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from cra.cloud.auth import hash_password, require_user
 from cra.cloud.errors import ApiError, forbidden, not_found, unprocessable
-from cra.cloud.inventory import visible_managed_object
+from cra.cloud.inventory import visible_ids, visible_managed_object
 from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond, whole_number
 
 routes = web.RouteTableDef()
@@ -37,18 +37,11 @@ def status_filter(request):
 
 @routes.get("/devicecontrol/operations")
 async def list_operations(request):
-    principal, store = request["principal"], request.app["store"]
     offset, size, current = page(request, "devicecontrol")
-    device_ids = None
-    wanted = request.query.get("deviceId") or request.query.get("agentId")
-    if wanted is not None:
-        device_ids = {whole_number(wanted)} - {None}
-    if principal.is_device:
-        owned = {int(mo["id"]) for mo in store.managed_objects(principal.tenant, principal.user)}
-        device_ids = owned if device_ids is None else device_ids & owned
-    operations, total = store.operations(principal.tenant, device_ids, status_filter(request),
-                                         request.query.get("fragmentType"), offset, size,
-                                         newest_first=request.query.get("revert") == "true")
+    query = request.query
+    operations, total = request.app["store"].operations(
+        request["principal"].tenant, visible_ids(request, "deviceId", "agentId"), status_filter(request),
+        query.get("fragmentType"), offset, size, newest_first=query.get("revert") == "true")
     items = [render_operation(request, op) for op in operations]
     return respond(collection(request, "operations", items, size, current, total), "operationCollection")
 

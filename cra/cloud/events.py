@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from aiohttp import web
 
 from cra.cloud.errors import ApiError, forbidden, not_found, unprocessable
-from cra.cloud.inventory import visible_managed_object
+from cra.cloud.inventory import visible_ids, visible_managed_object
 from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond, whole_number
 from cra.cloud.store import EVENT_META
 
@@ -93,19 +93,11 @@ def date_filter(request, key):
 
 @routes.get("/event/events")
 async def list_events(request):
-    principal, store = request["principal"], request.app["store"]
     offset, size, current = page(request, "event")
-    source_ids = None
-    wanted = request.query.get("source")
-    if wanted is not None:
-        source_ids = {whole_number(wanted)} - {None}
-    if principal.is_device:
-        owned = {int(mo["id"]) for mo in store.managed_objects(principal.tenant, principal.user)}
-        source_ids = owned if source_ids is None else source_ids & owned
-    events, total = store.events(principal.tenant, source_ids, request.query.get("type"),
-                                 request.query.get("fragmentType"), date_filter(request, "dateFrom"),
-                                 date_filter(request, "dateTo"), offset, size,
-                                 oldest_first=request.query.get("revert") == "true")
+    query = request.query
+    events, total = request.app["store"].events(
+        request["principal"].tenant, visible_ids(request, "source"), query.get("type"), query.get("fragmentType"),
+        date_filter(request, "dateFrom"), date_filter(request, "dateTo"), offset, size, oldest_first=query.get("revert") == "true")
     items = [render_event(request, event) for event in events]
     return respond(collection(request, "events", items, size, current, total), "eventCollection")
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from cra.cloud.auth import require_user
 from cra.cloud.errors import ApiError, forbidden, not_found, unprocessable
-from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond
+from cra.cloud.rest import base_url, collection, page, path_id, read_object, required_string, respond, whole_number
 
 routes = web.RouteTableDef()
 
@@ -24,6 +24,18 @@ def visible_managed_object(request, mo_id):
     if principal.is_device and mo["owner"] != principal.user:
         raise forbidden(f"Access is denied: managed object {mo_id} belongs to another device")
     return mo
+
+
+def visible_ids(request, *keys):
+    """The managed object ids a list may show: those the first of `keys` present in the query names
+    (none, when it is no id), narrowed for a device's own user to what it owns; None for all."""
+    principal, store = request["principal"], request.app["store"]
+    wanted = next((request.query[key] for key in keys if request.query.get(key)), None)
+    ids = None if wanted is None else {whole_number(wanted)} - {None}
+    if principal.is_device:
+        owned = {int(mo["id"]) for mo in store.managed_objects(principal.tenant, principal.user)}
+        ids = owned if ids is None else ids & owned
+    return ids
 
 
 def validate_fragments(body):

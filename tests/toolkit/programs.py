@@ -170,6 +170,15 @@ class Cloud(_Program):
         return client, device, op
 
 
+# A whole agent configuration naming a cloud it never reaches, for tests that only load() it.
+AGENT_CONFIG = """[c8y]
+url = https://example.cumulocity.com
+tenant = t100
+user = device_gw-001
+password = s3cret-Pw
+external_id = gw-001
+[agent]
+"""
 AGENT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "cra_agent.py")
 
