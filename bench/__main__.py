@@ -207,10 +207,12 @@ def _wait_closed(target, side):
 
 
 def _name(pid):
+    if pid is None:  # psutil.Process(None) would be the bench itself
+        return "no process holds that end"
     try:
         return f"pid {pid} {' '.join(psutil.Process(pid).cmdline()[:4])}"
-    except (psutil.Error, TypeError, ValueError):
-        return "no process found"
+    except psutil.Error:
+        return f"pid {pid}, gone"
 
 
 def _percentile(values, pct):
