@@ -74,7 +74,7 @@ $(BOOKWORM_ROOT): | packaging-tools
 # on the oldest supported ones (cra-cloud's own tests do not depend on those libraries).
 test: .venv/.installed .venv-oldest/.installed .venv-c8ylp/.installed ssh-tools packaging-tools $(BOOKWORM_ROOT)
 	.venv/bin/python -m pytest
-	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_connect.py tests/test_ssh.py tests/test_c8ylp.py tests/test_demo.py
+	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_tunnel.py tests/test_connect.py tests/test_ssh.py tests/test_c8ylp.py tests/test_demo.py
 
 # stunnel is cra-cloud's TLS front for the wss figures; openssl makes its certificate.
 bench-tools:
