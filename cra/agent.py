@@ -107,6 +107,17 @@ class Agent:
         for tunnel in tunnels:
             tunnel.cut()
 
+    def stop_when_idle(self):
+        """Shut down and return True when no operation is being handled; else False, and all goes on.
+        Checked and stopped under the lock that dispatch takes, so no operation starts in between:
+        one that comes after stays PENDING for whatever runs next."""
+        with self._lock:
+            if any(thread.is_alive() for thread in self._threads):
+                return False
+            self._stop.set()
+        self.shutdown()
+        return True
+
     def _attempt(self, step):
         """Run one step against the cloud; False, with the reason logged, when the cloud failed it."""
         try:
@@ -206,8 +217,11 @@ class Agent:
                             ", ".join(sorted(map(str, operation))) or "nothing")
                 continue
             thread = threading.Thread(target=self._handle, args=(op_id, operation), name=f"op-{op_id}", daemon=True)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                thread.start()
 
     def _handle(self, op_id, operation):
         try:

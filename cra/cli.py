@@ -8,6 +8,7 @@ import threading
 
 from cra import __version__, frames, logs
 from cra.config import ConfigError, env_name, load
+from cra.errors import os_error_words
 
 # cra.agent and cra.check are imported once the configuration has loaded: requests alone takes a
 # second to import on a small board, and a bad file must end the agent at once (the init script
@@ -16,14 +17,17 @@ from cra.config import ConfigError, env_name, load
 log = logging.getLogger("cra.agent")
 THREAD_STACK = 256 * 1024
 DEFAULT_CONFIG = "/etc/cra-agent/cra-agent.conf"
-SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
+PROCESS_NAME = "cra-agent"
+IDLE_CHECK = 0.2  # seconds between looks for a moment with no tunnel open, once a restart is asked for
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="cra-agent", description="Cloud Remote Access device agent for Cumulocity IoT.",
         epilog=f"Every option of the file can also be set in the environment, e.g. {env_name('c8y', 'password')}. "
-               "SIGHUP re-reads the file and reopens the log; open tunnels stay open.")
+               "SIGHUP re-reads the file and reopens the log; open tunnels stay open. SIGUSR2 restarts the agent "
+               "(the same process, the program as it is now on disk) as soon as no tunnel is open.")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
                         help=f"the agent's INI file (default {DEFAULT_CONFIG})")
     parser.add_argument("--foreground", action="store_true",
@@ -41,6 +45,7 @@ def main(argv=None):
     if args.check:
         return run_check(args.config)
     args.foreground = args.foreground or sys.stdout.isatty()
+    name_process()
     try:
         config = load(args.config)
         logs.setup(config.log, args.foreground, args.verbose)
@@ -68,12 +73,55 @@ def main(argv=None):
              config.cloud.url, "C (wsaccel)" if frames.XorMaskerSimple else "Python (install wsaccel for less CPU)")
     runner = threading.Thread(target=run, name="agent", daemon=True)
     runner.start()
-    while signal.sigwait(SIGNALS) == signal.SIGHUP:
-        reload(agent, args)
+    restart_asked = False
+    while True:
+        signum = next_signal(IDLE_CHECK if restart_asked else None)
+        if signum == signal.SIGHUP:
+            reload(agent, args)
+        elif signum == signal.SIGUSR2 and not restart_asked:
+            restart_asked = True
+            log.info("restart asked for (SIGUSR2): as soon as no tunnel is open; open tunnels stay open and "
+                     "operations are still taken meanwhile")
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            break
+        if restart_asked and agent.stop_when_idle():
+            runner.join(1)
+            return restart()
     log.info("stopping: closing tunnels")
     agent.shutdown()
     runner.join(1)
     return 1 if crashed else 0
+
+
+def name_process():
+    """The process is called cra-agent, as when its launcher script started it, also after a restart,
+    which execs the interpreter: init scripts find the agent by that name (start-stop-daemon --name)."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(PROCESS_NAME)
+    except OSError:  # no /proc: nothing finds processes by name there either
+        pass
+
+
+def next_signal(timeout):
+    """The next of SIGNALS; None when `timeout` seconds pass first."""
+    if timeout is None:
+        return signal.sigwait(SIGNALS)
+    received = signal.sigtimedwait(SIGNALS, timeout)
+    return received.si_signo if received else None
+
+
+def restart():
+    """The same process runs the agent again, from the program on disk now (an upgrade's new code).
+    Signals stay blocked across exec, so a stop sent meanwhile waits for the new agent's sigwait."""
+    argv = [sys.executable, *sys.argv]
+    log.info("restarting: no tunnel is open; running %s again", " ".join(argv))
+    logging.shutdown()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        log.error("could not restart (%s): stopping", os_error_words(exc))
+        return 1
 
 
 def reload(agent, args):

@@ -188,10 +188,11 @@ class AgentProcess(_Program):
 
     `options` become INI lines ({"c8y": {...}, "agent": {...}}) over a working default for gw-001.
     `cloud` is anything with a url (a Cloud, or a stand-in); a TLS Cloud's authority becomes [c8y] ca_file.
+    `script`: another copy of cra_agent.py, beside the cra/ it is to run.
     """
 
-    def __init__(self, workdir, cloud, options=None, env=None, name="agent"):
-        self.cloud = cloud
+    def __init__(self, workdir, cloud, options=None, env=None, name="agent", script=AGENT_SCRIPT):
+        self.cloud, self.script = cloud, script
         self.config_path = workdir / f"{name}.conf"
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
@@ -207,7 +208,7 @@ class AgentProcess(_Program):
 
     def start(self):
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, AGENT_SCRIPT, "--foreground", "-c", str(self.config_path)],
+            self.proc = subprocess.Popen([sys.executable, str(self.script), "--foreground", "-c", str(self.config_path)],
                                          stdout=log, stderr=log, env=self.env)
         return self
 
