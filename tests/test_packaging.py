@@ -6,61 +6,36 @@ installs it into a throwaway copy of a Debian bookworm root (`make test` keeps o
 Debian's own python3-websocket 1.2.3 and python3-requests, and fetches nothing), the init script starts
 the agent against a cra-cloud on 127.0.0.1, the device registers through the bootstrap flow
 once the test accepts it, carries a tunnel, stops and starts again on its stored credentials,
-and apt removes and purges it. The .ipk is checked by its contents, the shell by shellcheck.
+and apt removes and purges it. The shell is checked by shellcheck; the .ipk in test_openwrt.py.
 """
 import contextlib
-import gzip
-import io
 import os
-import re
 import shutil
 import signal
 import stat
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
+from toolkit.packages import AGENT_MODULES, TOP, VERSION, build, need, run
 from toolkit.platform import assert_tunnel_works
 from toolkit.programs import ADMIN
 from toolkit.sockets import refused_port
 from toolkit.waiting import wait_until
 
-TOP = Path(__file__).resolve().parent.parent
 BOOKWORM_ROOT = TOP / ".cache" / "bookworm"
 SHELL = ["init.d/cra-agent", "init.d/cra-agent.openwrt", "packaging/deb/postinst", "packaging/deb/prerm",
          "packaging/deb/postrm", "packaging/ipk/postinst", "packaging/ipk/prerm"]
 DEB_DEPENDS = "python3 (>= 3.9), python3-websocket (>= 1.2.3), python3-requests, python3-serial"
-IPK_DEPENDS = "python3-light, python3-requests, python3-websocket-client, python3-pyserial"
-AGENT_MODULES = sorted(p.name for p in (TOP / "cra").glob("*.py") if p.name != "connect.py")
-VERSION = re.search(r'__version__ = "([^"]+)"', (TOP / "cra" / "__init__.py").read_text()).group(1)
 SERIAL = "gw-deb-1"  # not in the cloud's seed: the device registers itself
 WAITING = "waiting for the device to be accepted in Device Management"
 
 
-def need(*tools):
-    missing = [tool for tool in tools if not shutil.which(tool)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: `make test` installs them")
-
-
-def run(*command, timeout=120, **options):
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
-
-
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
-    """{"deb": path, "ipk": path}, built from this tree as `make deb` and `make ipk` build them."""
+def deb(tmp_path_factory):
+    """The .deb, built from this tree as `make deb` builds it."""
     need("dpkg-deb")
-    out = tmp_path_factory.mktemp("dist")
-    built = {}
-    for kind in ("deb", "ipk"):
-        result = run(sys.executable, str(TOP / "packaging" / "build.py"), kind, "--out", str(out))
-        assert result.returncode == 0, result.stderr
-        built[kind] = Path(result.stdout.strip())
-    return built
+    return build("deb", tmp_path_factory.mktemp("dist"))
 
 
 def test_shell_scripts_pass_shellcheck():
@@ -69,14 +44,14 @@ def test_shell_scripts_pass_shellcheck():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_lintian_finds_no_error_in_the_deb(packages):
+def test_lintian_finds_no_error_in_the_deb(deb):
     need("lintian")
-    result = run("lintian", str(packages["deb"]))
+    result = run("lintian", str(deb))
     assert not [line for line in result.stdout.splitlines() if line.startswith("E:")], result.stdout
 
 
-def test_the_deb_holds_the_agent_only_and_depends_on_debians_own_libraries(packages):
-    deb = str(packages["deb"])
+def test_the_deb_holds_the_agent_only_and_depends_on_debians_own_libraries(deb):
+    deb = str(deb)
     names = [line.split()[-1] for line in run("dpkg-deb", "--contents", deb).stdout.splitlines()]
     assert sorted(Path(n).name for n in names if n.startswith("./usr/share/cra-agent/cra/") and n.endswith(".py")) == AGENT_MODULES
     assert not [n for n in names if "cloud" in n or "connect.py" in n]
@@ -88,43 +63,6 @@ def test_the_deb_holds_the_agent_only_and_depends_on_debians_own_libraries(packa
     assert run("dpkg-deb", "--field", deb, "Version", "Architecture").stdout.split() == ["Version:", VERSION, "Architecture:", "all"]
     assert run("dpkg-deb", "--info", deb, "conffiles").stdout.split() == [
         "/etc/cra-agent/cra-agent.conf", "/etc/default/cra-agent", "/etc/init.d/cra-agent"]
-
-
-def members(archive):
-    """{name: (TarInfo, content)} of a gzip'd tar, in archive order."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        return {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
-
-
-def test_the_ipk_is_as_opkg_expects_it(packages):
-    outer = members(packages["ipk"].read_bytes())
-    assert list(outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
-    assert outer["./debian-binary"][1] == b"2.0\n"
-    control_files = members(outer["./control.tar.gz"][1])
-    fields = dict(re.findall(r"^([\w-]+): (.*)$", control_files["./control"][1].decode(), re.M))
-    assert (fields["Package"], fields["Version"], fields["Architecture"]) == ("cra-agent", VERSION, "all")
-    assert fields["Depends"] == IPK_DEPENDS
-    data_tar = outer["./data.tar.gz"][1]
-    assert int(fields["Installed-Size"]) == len(gzip.decompress(data_tar))
-    assert control_files["./conffiles"][1].decode().split() == ["/etc/config/cra-agent", "/etc/cra-agent/cra-agent.conf"]
-    for script in ("./postinst", "./prerm"):
-        assert b"default_" in control_files[script][1] and control_files[script][0].mode == 0o755
-
-    data = members(data_tar)
-    init, init_script = data["./etc/init.d/cra-agent"]
-    assert (init_script, init.mode) == ((TOP / "init.d" / "cra-agent.openwrt").read_bytes(), 0o755)
-    assert data["./etc/config/cra-agent"][1] == (TOP / "init.d" / "cra-agent.uci").read_bytes()
-    assert data["./etc/cra-agent/cra-agent.conf"][1] == (TOP / "etc" / "cra-agent.conf").read_bytes()
-    launcher, launcher_text = data["./usr/bin/cra-agent"]
-    assert launcher_text.startswith(b"#!/usr/bin/python3\n") and launcher.mode == 0o755
-    assert sorted(n.rsplit("/", 1)[1] for n in data if n.startswith("./usr/share/cra-agent/cra/") and n.endswith(".py")) == AGENT_MODULES
-    assert not [n for n in data if "cloud" in n or "connect.py" in n]
-    assert {(m.uid, m.gid) for m, _ in list(data.values()) + list(outer.values())} == {(0, 0)}
-
-
-def test_the_ipk_is_the_same_when_built_again(packages, tmp_path):
-    again = run(sys.executable, str(TOP / "packaging" / "build.py"), "ipk", "--out", str(tmp_path))
-    assert Path(again.stdout.strip()).read_bytes() == packages["ipk"].read_bytes()
 
 
 class Bookworm:
@@ -219,9 +157,9 @@ def accept_when_asked(cloud):
 
 
 
-def test_the_deb_on_debian_bookworm_registers_carries_a_tunnel_and_stops(packages, bookworm, cloud, users):
-    shutil.copy(packages["deb"], bookworm.file("/tmp"))
-    installed = bookworm.apt_get("install", f"/tmp/{packages['deb'].name}")
+def test_the_deb_on_debian_bookworm_registers_carries_a_tunnel_and_stops(deb, bookworm, cloud, users):
+    shutil.copy(deb, bookworm.file("/tmp"))
+    installed = bookworm.apt_get("install", f"/tmp/{deb.name}")
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "Need to get 0 B" in installed.stdout, installed.stdout
     assert "fill in /etc/cra-agent/cra-agent.conf, then run: service cra-agent start" in installed.stdout
