@@ -107,6 +107,7 @@ def build_ipk(out, epoch):
     files.update({
         "etc/init.d/cra-agent": ((TOP / "init.d" / "cra-agent.openwrt").read_bytes(), 0o755),
         "etc/config/cra-agent": ((TOP / "init.d" / "cra-agent.uci").read_bytes(), 0o600),
+        "lib/upgrade/keep.d/cra-agent": ((HERE / "openwrt" / "cra-agent" / "files" / "cra-agent.keep").read_bytes(), 0o644),
     })
     data = tar_gz(with_directories(files), epoch)
     metadata = {
