@@ -56,11 +56,12 @@ deb:
 ipk:
 	$(PYTHON) packaging/build.py ipk
 
-# The packaging test builds both packages, lints the .deb and the shell scripts, and installs the .deb.
+# The packaging test builds both packages, lints the .deb and the shell scripts, rates the systemd
+# unit's sandbox (systemd-analyze) and installs the .deb.
 packaging-tools:
 	@command -v dpkg-deb >/dev/null && command -v lintian >/dev/null && command -v shellcheck >/dev/null && \
-		[ -x /usr/sbin/debootstrap ] || \
-		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap lintian shellcheck; }
+		command -v systemd-analyze >/dev/null && [ -x /usr/sbin/debootstrap ] || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap lintian shellcheck systemd; }
 
 # A minimal bookworm from debootstrap's default mirror, with the agent's dependencies downloaded but
 # not installed: the test's apt then resolves the .deb's Depends with no network. Made when missing.

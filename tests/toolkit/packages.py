@@ -1,5 +1,6 @@
 """The agent's packages as the tests build and take them apart: the tree they come from, a build
 as `make deb` / `make ipk` runs it, and the tools a check needs (skipped when missing)."""
+import hashlib
 import re
 import shutil
 import subprocess
@@ -28,3 +29,21 @@ def build(kind, out, *options):
     result = run(sys.executable, str(TOP / "packaging" / "build.py"), kind, "--out", str(out), *options)
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip())
+
+
+def with_version(deb, version, out):
+    """The .deb again as release `version` (its control file and the agent's own __version__): the
+    next release, for an upgrade."""
+    tree = out / "tree"
+    assert run("dpkg-deb", "-R", str(deb), str(tree)).returncode == 0
+    control = tree / "DEBIAN" / "control"
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M))
+    init = tree / "usr" / "share" / "cra-agent" / "cra" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
+    md5sums = tree / "DEBIAN" / "md5sums"
+    digest = hashlib.md5(init.read_bytes()).hexdigest()
+    md5sums.write_text(re.sub(r"^\w+(  usr/share/cra-agent/cra/__init__\.py)$", rf"{digest}\1", md5sums.read_text(), flags=re.M))
+    built = out / f"cra-agent_{version}_all.deb"
+    result = run("dpkg-deb", "--root-owner-group", "--build", str(tree), str(built))
+    assert result.returncode == 0, result.stderr
+    return built

@@ -1,7 +1,7 @@
 """Local TCP services on 127.0.0.1, on one framework: TcpServer accepts each connection on a
 thread of its own and, at close(), shuts down every socket it tracks and joins every thread.
 
-On it: EchoServer, which sends back every byte, and LocalServer, whose connections each go to a
+On it: EchoServer, which sends back every byte, ShellServer, a shell on each connection, and LocalServer, whose connections each go to a
 test's handler, and whose outcome the test reads. middleboxes.py builds the relays on it.
 Every wait is bounded: a connection is set up within SETUP_TIMEOUT, close() joins within
 waiting.JOIN_TIMEOUT, and a thread still alive then is reported rather than ignored.
@@ -10,6 +10,7 @@ import contextlib
 import select
 import socket
 import ssl
+import subprocess
 import threading
 
 from toolkit.sockets import LOCALHOST, shutdown
@@ -144,6 +145,16 @@ class EchoServer(TcpServer):
     def serve(self, conn):
         while chunk := conn.recv(65536):
             conn.sendall(chunk)
+
+
+class ShellServer(TcpServer):
+    """/bin/sh on every connection, the socket its stdin, stdout and stderr: an administrator's
+    session whose only way in is the tunnel that reaches it. Its commands run as the test's user."""
+
+    def serve(self, conn):
+        conn.setblocking(True)  # the shell's descriptor must block, as a terminal's does
+        with subprocess.Popen(["/bin/sh"], stdin=conn, stdout=conn, stderr=subprocess.STDOUT) as shell:
+            shell.wait()
 
 
 class Connection:
