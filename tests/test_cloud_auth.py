@@ -190,6 +190,24 @@ def test_cookie_without_the_matching_xsrf_header_is_refused(shared, xsrf):
     assert client_status(shared, auth=None, headers=headers) == 401
 
 
+def test_a_browsers_websocket_authenticates_by_query_parameters(cloud):
+    """A browser's WebSocket sends the cookie but no header: the XSRF token comes as `XSRF-TOKEN`, or the
+    token itself as `token`, in the query, as the platform's web UI sends them."""
+    jwt, xsrf = cookie_login(cloud)
+    assert client_status(cloud, auth=None, headers={"Cookie": f"authorization={jwt}"}, query={"XSRF-TOKEN": xsrf}) == 101
+    assert client_status(cloud, auth=None, query={"token": jwt}) == 101
+    assert client_status(cloud, auth=None, headers={"Cookie": f"authorization={jwt}"}, query={"XSRF-TOKEN": "wrong"}) == 401
+    assert client_status(cloud, auth=None, query={"token": jwt[:-1] + ("A" if jwt[-1] != "A" else "B")}) == 401
+
+
+def test_query_parameters_do_not_authenticate_rest_requests(shared):
+    """Outside a WebSocket upgrade a client can send headers, and a URL ends up in logs and histories."""
+    jwt, xsrf = cookie_login(shared)
+    path = "/identity/externalIds/c8y_Serial/gw-001"
+    assert_unauthorized(shared.api(None).get(path, params={"token": jwt}))
+    assert_unauthorized(shared.api(None).get(path, params={"XSRF-TOKEN": xsrf}, headers={"Cookie": f"authorization={jwt}"}))
+
+
 # the bootstrap user and device users
 
 

@@ -124,16 +124,22 @@ class Authenticator:
         return Principal(record["tenant"], record["name"], record["roles"], record["is_device"]), claims
 
     def authenticate(self, request):
+        """A browser's WebSocket cannot send headers: on an upgrade, the token may come as the query
+        parameter `token`, and the cookie's XSRF token as `XSRF-TOKEN`, as the platform's web UI sends them."""
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             return self.basic(value.strip())
         if scheme.lower() == "bearer":
             return self.bearer(value.strip())[0]
+        query = request.query if request.headers.get("Upgrade", "").lower() == "websocket" else {}
+        if query.get("token"):
+            return self.bearer(query["token"])[0]
         cookie = request.cookies.get("authorization")
         if cookie:
             principal, claims = self.bearer(cookie)
-            if not _same(request.headers.get("X-XSRF-TOKEN", ""), claims.get("xsrfToken", "")):
+            xsrf = request.headers.get("X-XSRF-TOKEN") or query.get("XSRF-TOKEN", "")
+            if not _same(xsrf, claims.get("xsrfToken", "")):
                 raise unauthorized("Missing or wrong X-XSRF-TOKEN header for cookie authentication")
             return principal
         raise unauthorized("Full authentication is required to access this resource")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import urlencode
 
 import requests
 import websocket
@@ -134,10 +135,12 @@ class Cloud(_Program):
     def rss_kib(self):
         return rss_kib(self.proc.pid)
 
-    def open_client(self, device_id, config_id, auth=ADMIN, headers=None, **options):
-        """A user's tool connecting to a configuration; creates the PENDING operation."""
+    def open_client(self, device_id, config_id, auth=ADMIN, headers=None, query=None, **options):
+        """A user's tool connecting to a configuration; creates the PENDING operation. `query`: {name: value}."""
         header = {"Authorization": basic(auth), **(headers or {})} if auth else dict(headers or {})
         url = f"{self.ws_url}/service/remoteaccess/client/{device_id}/configurations/{config_id}"
+        if query:
+            url += "?" + urlencode(query)
         return websocket.create_connection(url, header=header, timeout=30, **self._tls(options))
 
     def open_device(self, key, auth=DEVICE, **options):
