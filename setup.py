@@ -22,8 +22,8 @@ setup(
         "pyserial>=3.5",
     ],
     extras_require={
-        "cloud": ["aiohttp>=3.9", "cryptography>=38"],
-        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "cloud": ["aiohttp>=3.9", "cryptography>=38", "asyncssh>=2.14"],
+        "dev": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "playwright>=1.40"],
     },
     entry_points={
         "console_scripts": [
