@@ -26,11 +26,12 @@ SESSIONS = 4
 
 @pytest.fixture
 def ssh_target(cloud, make_agent, sshd):
-    """The agent running for gw-001, and a configuration 'sshd' pointing at the real sshd."""
+    """The agent running for gw-001, and a configuration 'sshd' pointing at the real sshd: PASSTHROUGH, as ssh and
+    scp bring their own SSH (for an SSH configuration the platform is the SSH client: test_cloud_ssh.py)."""
     make_agent(cloud)
     device_id = cloud.device_id()
     response = cloud.api(ADMIN).post(f"/service/remoteaccess/devices/{device_id}/configurations", json={
-        "name": "sshd", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "SSH"})
+        "name": "sshd", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "PASSTHROUGH"})
     assert response.status_code == 201, response.text
     return sshd
 

@@ -1,6 +1,9 @@
 """Remote access configurations (docs/wire.md section 5), mirrored into the device's c8y_RemoteAccessList.
 
 Secrets (password, privateKey) go into the vault and never come back out through the API.
+The target's SSH host key is public: `credentials.hostKey`, one OpenSSH line ("ssh-ed25519 AAAA..."),
+as the platform's c8y_RemoteAccessList shows it; cra-cloud's SSH client checks it, and saves the first
+one it meets when the tenant allows (cra/cloud/ssh_terminal.py).
 """
 import logging
 
@@ -17,7 +20,8 @@ routes = web.RouteTableDef()
 
 PROTOCOLS = ("PASSTHROUGH", "SSH", "VNC", "TELNET")
 CREDENTIALS_TYPES = ("NONE", "USER_PASS", "KEY_PAIR", "CERTIFICATE")
-PUBLIC_CREDENTIALS = ("username", "publicKey", "hostkey", "certificate")
+PUBLIC_CREDENTIALS = ("username", "publicKey", "hostKey", "certificate")
+CREDENTIAL_ALIASES = {"hostkey": "hostKey"}  # taken as the platform spells it
 SECRET_CREDENTIALS = ("password", "privateKey")
 
 
@@ -39,6 +43,7 @@ def validated(body):
     credentials = body.get("credentials") or {}
     if not isinstance(credentials, dict):
         raise unprocessable("remoteaccess", '"credentials" must be an object')
+    credentials = {CREDENTIAL_ALIASES.get(k, k): v for k, v in credentials.items()}
     for key, value in credentials.items():
         if key not in PUBLIC_CREDENTIALS + SECRET_CREDENTIALS:
             raise unprocessable("remoteaccess", f'unknown credentials field {key!r}')
@@ -64,6 +69,19 @@ def save(store, vault, tenant, device_id, body, existing=None):
         config = store.update_configuration(tenant, device_id, int(existing["id"]), public, sealed)
     mirror(store, tenant, device_id)
     return config
+
+
+def save_host_key(store, vault, tenant, device_id, config_id, host_key):
+    """Keep the host key an SSH session met first in its configuration, unless the configuration is gone or
+    has got one meanwhile; whether it was saved."""
+    with store.transaction():
+        existing = store.configuration(tenant, device_id, int(config_id))
+        if existing is None or (existing.get("credentials") or {}).get("hostKey"):
+            return False
+        body = public(existing)
+        body["credentials"] = {**existing["credentials"], "hostKey": host_key}
+        save(store, vault, tenant, device_id, body, existing)
+    return True
 
 
 def mirror(store, tenant, device_id):

@@ -51,11 +51,15 @@ def wait_for_port(port, proc, what, timeout=15):
 
 
 class LocalSshd:
-    """A real OpenSSH server, run as the current user on 127.0.0.1 with host and user keys of its own."""
+    """A real OpenSSH server, run as the current user on 127.0.0.1 with host and user keys of its own.
 
-    def __init__(self, workdir):
+    `password_users`: system users who may also log in with their password (sshd must run as root
+    to check one: it reads /etc/shadow itself, without PAM)."""
+
+    def __init__(self, workdir, password_users=()):
         self.dir = os.path.join(workdir, "sshd")
         self.user = getpass.getuser()
+        self.password_users = list(password_users)
         self.key = os.path.join(self.dir, "user_ed25519")
         self.port = None
         self.proc = None
@@ -77,9 +81,9 @@ class LocalSshd:
 HostKey {host_key}
 PidFile {self.dir}/sshd.pid
 AuthorizedKeysFile {self.dir}/authorized_keys
-AllowUsers {self.user}
+AllowUsers {" ".join([self.user, *self.password_users])}
 PubkeyAuthentication yes
-PasswordAuthentication no
+PasswordAuthentication {"yes" if self.password_users else "no"}
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UsePAM no
@@ -93,6 +97,12 @@ LogLevel ERROR
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log)
         wait_for_port(self.port, self.proc, "sshd")
         return self
+
+    @property
+    def host_key_line(self):
+        """The server's public host key as one OpenSSH line (type and base64), as a configuration keeps it."""
+        with open(os.path.join(self.dir, "host_ed25519.pub")) as handle:
+            return " ".join(handle.read().split()[:2])
 
     def client_options(self):
         """ssh/scp options that log in with the demo's key and trust the demo's throwaway host key."""

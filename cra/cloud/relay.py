@@ -6,19 +6,26 @@ holds at most one frame: it is not read from its source until it has been writte
 side, so a slow reader slows the writer and nothing queues without bound. Whichever way a session
 ends (either side closes, drops, breaks a rule, goes idle, the device never comes, the cloud stops),
 it ends once, in `_end`, which closes both sides and writes the session's log line.
+
+A configuration whose protocol is SSH is not relayed: cra-cloud is its SSH client, as the
+platform's microservice is, and the client gets a terminal (cra/cloud/ssh_terminal.py) instead of
+the target's bytes. Such a session ends in `_end` too; a client that is told why it ended with an
+error gets the sentence first in a text frame, for the page to show.
 """
 import asyncio
 import itertools
+import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
 from cra.cloud.auth import require_remote_access_admin
 from cra.cloud.configurations import known_configuration
+from cra.cloud import ssh_terminal
 from cra.cloud.devicecontrol import fail_operation, new_operation
+from cra.cloud.endings import Ending, ending_of, text_frame_ending
 from cra.cloud.errors import masked, not_found
 from cra.cloud.inventory import visible_managed_object
 from cra.cloud.rest import path_id
@@ -29,18 +36,7 @@ routes = web.RouteTableDef()
 
 MAX_FRAME = 1024 * 1024
 CLOSE_TIMEOUT = 5
-SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 _session_numbers = itertools.count(1)
-
-
-@dataclass
-class Ending:
-    """How a session ended: who ended it, the close code the other side gets, and why in words."""
-    by: str
-    code: int
-    reason: str
-    abrupt: bool = False
-    told: str = ""  # the close reason the other side gets, when not `reason`: the closing side's own
 
 
 class Session:
@@ -55,6 +51,8 @@ class Session:
         self.finished = asyncio.Event()
         self.bytes = {"client": 0, "device": 0}
         self.started = self.last_activity = time.monotonic()
+        self.terminal = config["protocol"] == "SSH"  # cra-cloud is the SSH client: the client gets a terminal
+        self.terminal_size = ssh_terminal.DEFAULT_SIZE
 
     def join(self, device, device_request):
         self.sides["device"] = (device, device_request)
@@ -91,6 +89,7 @@ class Relay:
         require_remote_access_admin(principal)
         device_id = int(visible_managed_object(request, path_id(request, "deviceId", "inventory", "Device"))["id"])
         config = known_configuration(request, device_id)
+        size = ssh_terminal.terminal_size(request.query) if config["protocol"] == "SSH" else None
         timeout = operation_timeout(self._store, principal.tenant, self._operation_timeout)
         key = str(uuid.uuid4())
         operation = new_operation(request, principal.tenant, device_id, {
@@ -99,6 +98,7 @@ class Relay:
         client = _websocket()
         await client.prepare(request)
         session = Session(principal.tenant, device_id, config, operation["id"], key, client, request)
+        session.terminal_size = size or session.terminal_size
         self._waiting[key] = session
         self._sessions.add(session)
         log.info("session %d started by %s: %s; waiting up to %g s for the device",
@@ -133,9 +133,11 @@ class Relay:
         await asyncio.gather(*(s.finished.wait() for s in list(self._sessions)))
 
     async def _run(self, session, timeout):
-        tasks = [asyncio.ensure_future(c) for c in (
-            self._pump(session, "client", "device"), self._pump(session, "device", "client"),
-            self._watch(session, timeout), session.stop)]
+        if session.terminal:
+            carriers = [ssh_terminal.run(session, self._store, session.sides["client"][1].app["vault"])]
+        else:
+            carriers = [self._pump(session, "client", "device"), self._pump(session, "device", "client")]
+        tasks = [asyncio.ensure_future(c) for c in (*carriers, self._watch(session, timeout), session.stop)]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -162,15 +164,9 @@ class Relay:
                 session.bytes[source] += len(message.data)
                 session.last_activity = time.monotonic()
             elif message.type is WSMsgType.TEXT:
-                return Ending(source, 1003, f"the {source} sent a text frame; the tunnel carries binary frames only")
-            elif message.type is WSMsgType.CLOSE:
-                code = message.data if message.data in SENDABLE_CODES else 1000
-                said = f": {message.extra}" if message.extra else ""
-                return Ending(source, code, f"the {source} closed ({message.data}{said})", told=message.extra or "")
-            elif message.type is WSMsgType.ERROR and getattr(message.data, "code", None) in SENDABLE_CODES:
-                return Ending(source, message.data.code, f"the {source} broke the protocol: {message.data}")
+                return text_frame_ending(source)
             else:
-                return Ending(source, 1006, f"the {source}'s connection dropped", abrupt=True)
+                return ending_of(source, message)
 
     async def _watch(self, session, timeout):
         """Ends a session whose device does not come in time, or whose data stops flowing."""
@@ -188,10 +184,22 @@ class Relay:
         self._waiting.pop(session.key, None)
         if ending.by == "timeout":
             fail_operation(self._store, session.tenant, session.operation_id, ending.reason.capitalize())
+        if session.terminal and ending.code != 1000 and not ending.abrupt:  # a client that closed is not told
+            await _tell_error(session.sides["client"][0], ending.told or ending.reason)
         await asyncio.gather(*(_close(ws, request, ending) for ws, request in session.sides.values()))
         log.info("session %d ended: %s; client->device %d bytes, device->client %d bytes, %.1f s; %s",
                  session.number, ending.reason, session.bytes["client"], session.bytes["device"],
                  time.monotonic() - session.started, session.describe())
+
+
+async def _tell_error(ws, sentence):
+    """The whole sentence, in a text frame the page shows; the close reason that follows is cut to 123 bytes."""
+    if ws.closed:
+        return
+    try:
+        await asyncio.wait_for(ws.send_str(json.dumps({"error": sentence})), CLOSE_TIMEOUT)
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
 
 
 async def _close(ws, request, ending):

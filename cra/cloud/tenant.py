@@ -1,4 +1,4 @@
-"""Tenant options: remoteaccess.operation.timeout, per tenant, taken without a restart."""
+"""Tenant options: remoteaccess.operation.timeout and hostkey-autosave, per tenant, taken without a restart."""
 from aiohttp import web
 
 from cra.cloud.auth import require_user
@@ -9,6 +9,7 @@ routes = web.RouteTableDef()
 
 REMOTE_ACCESS_CATEGORY = "remoteaccess"
 OPERATION_TIMEOUT_KEY = "remoteaccess.operation.timeout"
+HOSTKEY_AUTOSAVE_KEY = "hostkey-autosave"  # "true" unless set: an SSH configuration's first host key is saved
 
 
 def positive_seconds(value):
@@ -25,11 +26,21 @@ def operation_timeout(store, tenant, default):
     return default if value is None else positive_seconds(value)
 
 
+def hostkey_autosave(store, tenant):
+    """Whether the tenant saves the first host key an SSH configuration meets (the platform's default: true)."""
+    value = store.option(tenant, REMOTE_ACCESS_CATEGORY, HOSTKEY_AUTOSAVE_KEY)
+    return True if value is None else value.strip().lower() == "true"
+
+
 def option_value(category, key, value):
+    if category == REMOTE_ACCESS_CATEGORY and key == HOSTKEY_AUTOSAVE_KEY and isinstance(value, bool):
+        value = str(value).lower()  # JSON true from a client that does not quote it
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise unprocessable("options", '"value" must be a string or a number')
     if (category, key) == (REMOTE_ACCESS_CATEGORY, OPERATION_TIMEOUT_KEY) and positive_seconds(value) is None:
         raise unprocessable("options", f"{key} must be a positive number of seconds, not {value!r}")
+    if (category, key) == (REMOTE_ACCESS_CATEGORY, HOSTKEY_AUTOSAVE_KEY) and str(value).strip().lower() not in ("true", "false"):
+        raise unprocessable("options", f'{key} must be "true" or "false", not {value!r}')
     return str(value)
 
 
