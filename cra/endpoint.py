@@ -23,15 +23,49 @@ class EndpointError(AgentError):
     pass
 
 
+class Waiter:
+    """poll() for a descriptor to be readable or writable, which wake() cuts short from another thread:
+    a pipe written once wakes every wait from then on."""
+
+    def __init__(self, readable_fd, writable_fd):
+        self._wake_read, self._wake_write = os.pipe()
+        self._in, self._out = select.poll(), select.poll()
+        self._in.register(readable_fd, select.POLLIN)
+        self._out.register(writable_fd, select.POLLOUT)
+        for poller in (self._in, self._out):
+            poller.register(self._wake_read, select.POLLIN)
+
+    def readable(self, seconds):
+        """True once there is something to read; False when woken; TimeoutError after `seconds`."""
+        return self._wait(self._in, seconds)
+
+    def writable(self, seconds):
+        """True once there is room to write; False when woken; TimeoutError after `seconds`."""
+        return self._wait(self._out, seconds)
+
+    def _wait(self, poller, seconds):
+        events = poller.poll(seconds * 1000)
+        if not events:
+            raise TimeoutError
+        return not any(fd == self._wake_read for fd, _ in events)
+
+    def wake(self):
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:  # closed: nothing is waiting any more
+            pass
+
+    def close(self):
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
 class TcpEndpoint:
     def __init__(self, sock, name):
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        self._poll_out = select.poll()
-        self._poll_out.register(sock, select.POLLOUT)
+        self._waiter = Waiter(sock.fileno(), sock.fileno())
         self.name = name
 
     def read(self, size, idle):
@@ -41,9 +75,7 @@ class TcpEndpoint:
             return self._sock.recv(size, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
-        if not self._poll.poll(idle * 1000):
-            raise TimeoutError
-        return self._sock.recv(size)
+        return self._sock.recv(size) if self._waiter.readable(idle) else b""
 
     def write(self, data, stall):
         # Sends that never wait, and poll() for room when there is none: a reader that stopped reading
@@ -53,17 +85,22 @@ class TcpEndpoint:
             try:
                 view = view[self._sock.send(view, socket.MSG_DONTWAIT):]
             except BlockingIOError:
-                if not self._poll_out.poll(stall * 1000):
-                    raise TimeoutError from None
+                if not self._waiter.writable(stall):
+                    raise ConnectionAbortedError("the tunnel is ending") from None
 
     def interrupt(self):
+        """Wakes both pumps, and the target reads the end after what was written to it (FIN). Not
+        SHUT_RD: a socket shut for reading never opens its receive window again, so a target that
+        was sending would wait on it as long as the kernel keeps the closed socket, and longer."""
+        self._waiter.wake()
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
     def close(self):
         self._sock.close()
+        self._waiter.close()
 
 
 def open_tcp(hostname, port, timeout, name, allow):
@@ -107,46 +144,29 @@ def _connect_first(found, timeout):
 
 
 class StdioEndpoint:
-    """Standard input and output, for `ssh -o ProxyCommand='cra-connect --stdio ...'`.
-
-    A pipe of its own lets interrupt() wake a read that waits on standard input.
-    """
+    """Standard input and output, for `ssh -o ProxyCommand='cra-connect --stdio ...'`."""
 
     name = "standard input/output"
 
     def __init__(self, infd=0, outfd=1):
         self._in, self._out = infd, outfd
-        self._wake_read, self._wake_write = os.pipe()
-        self._poll = select.poll()
-        self._poll.register(infd, select.POLLIN)
-        self._poll.register(self._wake_read, select.POLLIN)
-        self._poll_out = select.poll()
-        self._poll_out.register(outfd, select.POLLOUT)
+        self._waiter = Waiter(infd, outfd)
 
     def read(self, size, idle):
-        events = self._poll.poll(idle * 1000)
-        if not events:
-            raise TimeoutError
-        if any(fd == self._wake_read for fd, _ in events):
-            return b""
-        return os.read(self._in, size)
+        return os.read(self._in, size) if self._waiter.readable(idle) else b""
 
     def write(self, data, stall):
         view = memoryview(data)
         while view:
-            if not self._poll_out.poll(stall * 1000):
-                raise TimeoutError
+            if not self._waiter.writable(stall):
+                raise ConnectionAbortedError("the tunnel is ending")
             view = view[os.write(self._out, view):]
 
     def interrupt(self):
-        try:
-            os.write(self._wake_write, b"x")
-        except OSError:
-            pass
+        self._waiter.wake()
 
     def close(self):
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._waiter.close()
 
 
 class SerialEndpoint:

@@ -78,6 +78,13 @@ def _unmasked(raw):
     return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def tcp_pair():
+    """(the target's end, the agent's end) of one TCP connection on 127.0.0.1."""
+    with socket.create_server((LOCALHOST, 0)) as listener:
+        target = socket.create_connection(listener.getsockname())
+        return target, listener.accept()[0]
+
+
 @pytest.fixture
 def tunnel_parts():
     """Build a tunnel on fresh sockets: make(**limits) -> (tunnel, target socket, CloudEnd); the
@@ -85,10 +92,7 @@ def tunnel_parts():
     opened, runners = [], []
 
     def make(**limits):
-        listener = socket.create_server((LOCALHOST, 0))
-        target = socket.create_connection(listener.getsockname())
-        endpoint_sock, _ = listener.accept()
-        listener.close()
+        target, endpoint_sock = tcp_pair()
         cloud_sock, ws_sock = socket.socketpair()
         ws = websocket.WebSocket()
         ws.sock, ws.connected = ws_sock, True
@@ -234,3 +238,34 @@ def _flood_frames(cloud):
             cloud.send(OPCODE_BINARY, bytes(1 << 16))
     except OSError:
         pass
+
+
+def test_a_target_still_sending_when_the_tunnel_ends_is_not_left_waiting():
+    """The end of a tunnel whose target was sending into a full window: the target learns at once.
+    A socket shut for reading (SHUT_RDWR) never reopens its window; drained and closed, the kernel
+    kept it answering "no room" for a minute, and the target sat blocked: the connection the bench
+    found open after its tunnel."""
+    target, agent_end = tcp_pair()
+    endpoint = TcpEndpoint(agent_end, "the target")
+    failed = []
+
+    def keep_sending():
+        try:
+            _flood(target)
+        finally:
+            failed.append(time.monotonic())
+
+    flood = start_thread(keep_sending, name="flood")
+    time.sleep(0.3)  # the agent reads nothing meanwhile: the window is full, the target blocked
+    endpoint.interrupt()
+    deadline = time.monotonic() + 0.3  # the pump's last reads
+    while time.monotonic() < deadline:
+        try:
+            if not endpoint.read(1 << 16, 0.05):
+                break
+        except TimeoutError:
+            break
+    endpoint.close()
+    flood.join(5)
+    target.close()
+    assert failed, "the target is still blocked sending 5 s after its tunnel's end"
