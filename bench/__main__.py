@@ -94,7 +94,9 @@ def transport(plan, workdir, cloud, target, tls):
                     times = sorted(ping_pong(side.connect, size, plan["rounds"], plan["rtt_limit"]))
                     figures[side.name]["rtt"][size].append({"p50": _percentile(times, 50), "p99": _percentile(times, 99),
                                                             "n": len(times)})
-        for side in [s for s in sides if s.name in POLLING or isinstance(s, Floor)]:
+        # wsaccel too: with C masking each pump holds the GIL for less of each chunk, which is what
+        # evens out 100 tunnels sending at once (docs/BENCHMARKS.md).
+        for side in [s for s in sides if s.name in POLLING or s.name == "cra-agent + wsaccel" or isinstance(s, Floor)]:
             print(f"[{label}] {side.name}: memory with {plan['ladder']} tunnels, then all of them at once", flush=True)
             figures[side.name]["ladder"], figures[side.name]["scale"] = [], {}
             for direction in ("up", "down"):
