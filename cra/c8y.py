@@ -30,6 +30,10 @@ MISSING_ROLE = ("the user needs the role ROLE_REMOTE_ACCESS_ADMIN: in Administra
                 "give the user a global role with Remote access")
 NOT_SUBSCRIBED = ("the tenant is not subscribed to Cloud Remote Access: subscribe the cloud-remote-access "
                   "microservice in Administration > Applications (every /service/remoteaccess request answers 404 until then)")
+# An SSH configuration's client leg carries a terminal the platform's own SSH client runs, not the target's bytes.
+PLATFORM_RUNS_SSH = ("its protocol is SSH, and for SSH configurations the platform runs SSH itself (the web UI's "
+                     "terminal), so a local proxy gets no SSH to carry; create a PASSTHROUGH configuration for the same "
+                     "host and port, and connect to that")
 
 
 class CloudUnreachable(AgentError):

@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from cra import __version__
-from cra.c8y import MISSING_ROLE, NOT_SUBSCRIBED, C8y, CloudError, CloudUnreachable
+from cra.c8y import MISSING_ROLE, NOT_SUBSCRIBED, PLATFORM_RUNS_SSH, C8y, CloudError, CloudUnreachable
 from cra.config import CloudAccess, env_name
 from cra.endpoint import StdioEndpoint, TcpEndpoint
 from cra.errors import AgentError
@@ -55,7 +55,7 @@ def parse_args(argv):
         epilog="Credentials may come from the environment instead: " + ", ".join(ENVIRONMENT.values()) +
                ". Without a password or token, cra-connect asks for the password on the terminal. "
                "Exit codes: 0 done, 1 other error, 2 usage, 3 credentials rejected, 4 missing role, "
-               "5 device not found, 6 configuration not found, 7 the device did not connect.")
+               "5 device not found, 6 configuration not found or of protocol SSH, 7 the device did not connect.")
     parser.add_argument("--device", required=True, help="managed object id, or external id (c8y_Serial)")
     parser.add_argument("--config", help="configuration name or id; default: the device's only PASSTHROUGH one")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -148,6 +148,9 @@ def find_target(c8y, device, config):
         return device_id, passthrough[0]
     for candidate in configs:
         if config in (candidate.get("name"), str(candidate["id"])):
+            if candidate.get("protocol") == "SSH":
+                raise Failure(EXIT_NO_CONFIGURATION, f"configuration {candidate.get('name')!r} ({candidate['id']}) "
+                                                     f"on device {device} cannot be used here: {PLATFORM_RUNS_SSH}")
             return device_id, candidate
     raise Failure(EXIT_NO_CONFIGURATION, f"configuration {config!r} not found on device {device}; it has: {names}")
 

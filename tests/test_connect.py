@@ -225,6 +225,11 @@ def second_passthrough(cloud):
     add_configuration(cloud, cloud.device_id(), LOCALHOST, 2222)
 
 
+def ssh_configuration(cloud):
+    add_configuration(cloud, cloud.device_id(), LOCALHOST, 22, name="shell", protocol="SSH", credentialsType="USER_PASS",
+                      credentials={"username": "pi", "password": "pi-pw"})
+
+
 REFUSALS = {
     "device-unknown-external-id": Refusal(
         ["--device", "gw-404", "--config", "ssh", "--stdio"], admin, EXIT_NO_DEVICE, r"device gw-404 not found"),
@@ -240,6 +245,11 @@ REFUSALS = {
         ["--device", "gw-001", "--stdio"], admin, EXIT_NO_CONFIGURATION,
         r"device gw-001 has 2 PASSTHROUGH configurations; choose one with --config: ssh \({ssh}\), vnc \({vnc}\), "
         r"target-\w+ \(\d+\)", second_passthrough),
+    "ssh-configuration": Refusal(
+        ["--device", "gw-001", "--config", "shell", "--stdio"], admin, EXIT_NO_CONFIGURATION,
+        r"configuration 'shell' \(\d+\) on device gw-001 cannot be used here: its protocol is SSH, and for SSH "
+        r"configurations the platform runs SSH itself \(the web UI's terminal\), so a local proxy gets no SSH to carry; "
+        r"create a PASSTHROUGH configuration for the same host and port, and connect to that", ssh_configuration),
     "wrong-password": Refusal(
         ["--device", "gw-001", "--config", "ssh", "--stdio"],
         lambda cloud: {**password_environment(cloud), "C8Y_PASSWORD": "not-the-password"},
