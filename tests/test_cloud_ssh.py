@@ -361,3 +361,19 @@ def test_other_protocols_are_still_relayed_byte_for_byte(cloud, gateway, users, 
         assert wait_for_status(cloud, user.op_id)["status"] == "SUCCESSFUL"
         payload = bytes(range(256)) * 16
         assert user.echo(payload) == payload
+
+
+def test_a_target_that_says_nothing_is_given_up_after_the_operation_timeout(cloud, gateway, serve, pages):
+    """The SSH login has the operation timeout's seconds, from the device's joining to a shell."""
+    _, device_id = gateway
+    ok = cloud.api(ADMIN).post("/tenant/options", json={"category": "remoteaccess",
+                                                        "key": "remoteaccess.operation.timeout", "value": "3"})
+    assert ok.status_code == 201
+    server = serve(lambda sock: None)  # accepts, and never says a word
+    config_id = add_configuration(cloud, device_id, LOCALHOST, server.port, protocol="SSH", credentialsType="USER_PASS",
+                                  credentials={"username": "pi", "password": "pw"})
+    page = pages(cloud, device_id, config_id)
+    started = time.monotonic()
+    assert page.error() == (f"127.0.0.1:{server.port} did not complete the SSH login within 3 s "
+                            "(remoteaccess.operation.timeout); check that an SSH server answers there")
+    assert 2.5 < time.monotonic() - started < 10

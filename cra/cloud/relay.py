@@ -134,7 +134,7 @@ class Relay:
 
     async def _run(self, session, timeout):
         if session.terminal:
-            carriers = [ssh_terminal.run(session, self._store, session.sides["client"][1].app["vault"])]
+            carriers = [ssh_terminal.run(session, self._store, session.sides["client"][1].app["vault"], timeout)]
         else:
             carriers = [self._pump(session, "client", "device"), self._pump(session, "device", "client")]
         tasks = [asyncio.ensure_future(c) for c in (*carriers, self._watch(session, timeout), session.stop)]

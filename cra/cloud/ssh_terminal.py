@@ -32,7 +32,6 @@ logging.getLogger("asyncssh").setLevel(logging.WARNING)  # its INFO lines name e
 TERM_TYPE = "xterm-256color"
 DEFAULT_SIZE = (80, 24)  # cols, rows
 MAX_SIZE = 1000
-LOGIN_TIMEOUT = 30  # s: from the device joining to a logged-in connection (ours)
 READ_SIZE = 64 * 1024
 INBOX_SIZE = 16  # client frames held while the login runs; then the client waits (TCP)
 FIRST_BYTES = 64  # what the target said first, kept to tell a service that is not SSH
@@ -62,11 +61,12 @@ def resize_of(text):
     return None
 
 
-async def run(session, store, vault):
-    """The terminal of one session, from the client's first frame to its end; the Ending."""
+async def run(session, store, vault, login_timeout):
+    """The terminal of one session, from the client's first frame to its end; the Ending. The SSH login,
+    from the device's joining to a shell, has `login_timeout` s: the operation timeout's (ours)."""
     inbox = asyncio.Queue(INBOX_SIZE)
     reader = asyncio.ensure_future(_read_client(session, inbox))
-    terminal = asyncio.ensure_future(_terminal(session, store, vault, inbox))
+    terminal = asyncio.ensure_future(_terminal(session, store, vault, inbox, login_timeout))
     try:
         done, _ = await asyncio.wait((reader, terminal), return_when=asyncio.FIRST_COMPLETED)
         return terminal.result() if terminal in done else reader.result()
@@ -149,7 +149,7 @@ class _DeviceLeg:
                 self.session.last_activity = time.monotonic()
 
 
-async def _terminal(session, store, vault, inbox):
+async def _terminal(session, store, vault, inbox, login_timeout):
     await session.device_joined
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
@@ -158,7 +158,7 @@ async def _terminal(session, store, vault, inbox):
     conn = None
     try:
         try:
-            conn = await _login(session, store, vault, ours, leg)
+            conn = await _login(session, store, vault, ours, leg, login_timeout)
         except _Refused as refusal:
             return Ending("ssh", 1011, str(refusal))
         process = await conn.create_process(term_type=TERM_TYPE, term_size=session.terminal_size,
@@ -176,7 +176,7 @@ async def _terminal(session, store, vault, inbox):
         theirs.close()
 
 
-async def _login(session, store, vault, sock, leg):
+async def _login(session, store, vault, sock, leg, login_timeout):
     """The logged-in connection, its host key checked (and saved, on a first use the tenant allows); or _Refused."""
     config, target = session.config, _target(session)
     options = _credentials(config, vault)
@@ -186,7 +186,7 @@ async def _login(session, store, vault, sock, leg):
         conn = await asyncssh.connect(
             config["hostname"], config["port"], sock=sock, client_factory=lambda: check,
             known_hosts=([stored] if stored else [], [], []), x509_trusted_certs=None, config=None, agent_path=None,
-            gss_auth=False, gss_kex=False, host_based_auth=False, login_timeout=LOGIN_TIMEOUT, **options)
+            gss_auth=False, gss_kex=False, host_based_auth=False, login_timeout=login_timeout, **options)
     except asyncssh.PermissionDenied:
         what = "password" if config["credentialsType"] == "USER_PASS" else "key"
         advice = ("correct it in the configuration" if what == "password" else
@@ -200,7 +200,7 @@ async def _login(session, store, vault, sock, leg):
             raise _Refused(_host_key_sentence(target, stored, None)) from None
         raise _Refused(f"the SSH key exchange with {target} failed: {_words(exc)}") from None
     except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-        raise _Refused(_handshake_sentence(target, exc, leg)) from None
+        raise _Refused(_handshake_sentence(target, exc, leg, login_timeout)) from None
     presented = conn.get_server_host_key()
     if stored is None and presented is not None:
         line = _openssh_line(presented)
@@ -261,11 +261,12 @@ def _host_key_sentence(target, stored, presented):
             f"configuration's hostKey, otherwise do not connect: someone may be in between")
 
 
-def _handshake_sentence(target, exc, leg):
+def _handshake_sentence(target, exc, leg, login_timeout):
     if leg.ended is not None and leg.ended.code != 1000:
         return leg.ended.told or leg.ended.reason  # the agent's own words, e.g. it cannot reach the target
-    if isinstance(exc, asyncio.TimeoutError) or "timeout" in type(exc).__name__.lower():
-        return f"{target} did not complete the SSH login within {LOGIN_TIMEOUT} s; check that an SSH server answers there"
+    if isinstance(exc, asyncio.TimeoutError) or "timeout" in str(exc).lower():  # asyncssh: 'Login timeout expired'
+        return (f"{target} did not complete the SSH login within {login_timeout:g} s (remoteaccess.operation.timeout); "
+                f"check that an SSH server answers there")
     first = leg.first_bytes.split(b"\n")[0].strip()
     if first and not first.startswith(b"SSH-"):
         return (f"{target} does not speak SSH: it began with {first.decode('utf-8', 'replace')!r}; check the "
