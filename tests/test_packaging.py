@@ -29,8 +29,7 @@ from toolkit.sockets import refused_port, ws_recv_exactly
 from toolkit.waiting import wait_until
 
 BOOKWORM_ROOT = TOP / ".cache" / "bookworm"
-SHELL = ["init.d/cra-agent", "init.d/cra-agent.openwrt", "packaging/deb/postinst", "packaging/deb/prerm",
-         "packaging/deb/postrm", "packaging/ipk/postinst", "packaging/ipk/prerm"]
+SHELL = ["init.d/cra-agent", "packaging/deb/postinst", "packaging/deb/prerm", "packaging/deb/postrm"]  # OpenWrt's: test_openwrt.py
 DEB_DEPENDS = "python3 (>= 3.9), python3-websocket (>= 1.2.3), python3-requests, python3-serial"
 SERIAL = "gw-deb-1"  # not in the cloud's seed: the device registers itself
 LOG = "/var/log/cra-agent/cra-agent.log"
