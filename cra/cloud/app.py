@@ -1,7 +1,7 @@
 """The aiohttp application: REST and WebSocket on one port, errors shaped like the platform's."""
 from aiohttp import web
 
-from cra.cloud import configurations, devicecontrol, events, inventory, login, tenant
+from cra.cloud import configurations, devicecontrol, events, inventory, login, tenant, webapp
 from cra.cloud.auth import Authenticator
 from cra.cloud.errors import ApiError, error_middleware
 from cra.cloud.notifications import Notifications
@@ -12,10 +12,12 @@ REMOTE_ACCESS_PATH = "/service/remoteaccess/"
 REMOTE_ACCESS_APPLICATION = "cloud-remote-access"
 
 
-def make_app(store, vault, operation_timeout, idle_timeout, notification_hold, with_notifications, unsubscribed=frozenset()):
+def make_app(store, vault, operation_timeout, idle_timeout, notification_hold, with_notifications, unsubscribed=frozenset(),
+             libraries=None):
     """Without notifications, operations are still published, to no one: POST /notification/operations is a 404,
     as on a tenant or behind a proxy that lacks the endpoint. The tenants in `unsubscribed` get 404 for every
-    remote access request, as tenants that are not subscribed to the microservice do."""
+    remote access request, as tenants that are not subscribed to the microservice do. `libraries`: where the
+    web page's noVNC and xterm.js are (webapp.Libraries; Debian's paths when None)."""
     auth = Authenticator(store)
     relay = Relay(store, operation_timeout, idle_timeout)
     notifications = Notifications(store, notification_hold)
@@ -26,6 +28,7 @@ def make_app(store, vault, operation_timeout, idle_timeout, notification_hold, w
     for module in (inventory, devicecontrol, events, tenant, login, configurations):
         app.add_routes(module.routes)
     app.add_routes(relay.routes())
+    app.add_routes(webapp.routes(libraries or webapp.Libraries()))
     if with_notifications:
         app.add_routes(notifications.routes())
     return app

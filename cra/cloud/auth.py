@@ -22,6 +22,8 @@ TOKEN_LIFETIME = 14 * 24 * 3600
 PBKDF2_ROUNDS = 50_000
 PUBLIC_ROUTES = {("HEAD", "/service/remoteaccess/health"), ("GET", "/service/remoteaccess/health"),
                  ("POST", "/tenant/oauth"), ("POST", "/tenant/oauth/token"), ("GET", "/tenant/loginOptions")}
+# Web applications' pages and scripts, public as the platform's login page is; their data needs a user.
+PUBLIC_PREFIX = "/apps/"
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ class Authenticator:
 
     @web.middleware
     async def middleware(self, request, handler):
-        if (request.method, request.path) not in PUBLIC_ROUTES:
+        if (request.method, request.path) not in PUBLIC_ROUTES and not (
+                request.method in ("GET", "HEAD") and request.path.startswith(PUBLIC_PREFIX)):
             principal = self.authenticate(request)
             if principal.is_bootstrap and (request.method, request.path) != ("POST", "/devicecontrol/deviceCredentials"):
                 raise forbidden("The bootstrap user may only request device credentials")

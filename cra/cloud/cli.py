@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from cra import __version__
-from cra.cloud import seed
+from cra.cloud import seed, webapp
 from cra.cloud.app import make_app
 from cra.cloud.configurations import warn_unreadable_secrets
 from cra.cloud.errors import loggable_path
@@ -48,6 +48,11 @@ def parse_args(argv):
                         help="seal configuration secrets at rest (or CRA_CLOUD_ENCRYPTION_PASSWORD)")
     parser.add_argument("--encryption-salt", default=os.environ.get("CRA_CLOUD_ENCRYPTION_SALT"),
                         help="hex salt for the encryption key (or CRA_CLOUD_ENCRYPTION_SALT)")
+    parser.add_argument("--novnc-dir", default=webapp.DEFAULT_NOVNC_DIR, metavar="DIR",
+                        help="noVNC for the web page's VNC sessions, with core/rfb.js (default: %(default)s, Debian's novnc)")
+    parser.add_argument("--xterm-dir", default=webapp.DEFAULT_XTERM_DIR, metavar="DIR",
+                        help="xterm.js's Node modules for the web page's terminals, with lib/xterm.js "
+                             "(default: %(default)s, Debian's node-xterm)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -116,7 +121,8 @@ def tls_context(certfile, keyfile):
 
 async def serve(args, store, vault, tls):
     app = make_app(store, vault, args.operation_timeout, args.idle_timeout, args.notification_hold,
-                   not args.without_notifications, set(args.unsubscribed_tenant))
+                   not args.without_notifications, set(args.unsubscribed_tenant),
+                   webapp.Libraries(args.novnc_dir, args.xterm_dir))
     runner = web.AppRunner(app, access_log=log if args.verbose else None, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)

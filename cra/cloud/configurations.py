@@ -19,7 +19,7 @@ log = logging.getLogger("cra.cloud")
 routes = web.RouteTableDef()
 
 PROTOCOLS = ("PASSTHROUGH", "SSH", "VNC", "TELNET")
-CREDENTIALS_TYPES = ("NONE", "USER_PASS", "KEY_PAIR", "CERTIFICATE")
+CREDENTIALS_TYPES = ("NONE", "USER_PASS", "PASS_ONLY", "KEY_PAIR", "CERTIFICATE")
 PUBLIC_CREDENTIALS = ("username", "publicKey", "hostKey", "certificate")
 CREDENTIAL_ALIASES = {"hostkey": "hostKey"}  # taken as the platform spells it
 SECRET_CREDENTIALS = ("password", "privateKey")

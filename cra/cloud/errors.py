@@ -55,7 +55,7 @@ async def error_middleware(request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.error, exc.message, exc.headers)
+        return error_response(exc.status, exc.error, exc.message, _x_basic(request, exc.headers))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -63,6 +63,15 @@ async def error_middleware(request, handler):
     except Exception:
         log.exception("internal error on %s %s", request.method, loggable_path(request.path))
         return error_response(500, "general/Internal Server Error", "The server failed to handle the request.")
+
+
+def _x_basic(request, headers):
+    """A browser answers a 401 with `WWW-Authenticate: Basic` by opening its own password dialog, over
+    the page; the platform's web clients send `UseXBasic: true` and get a scheme no browser knows."""
+    challenge = headers.get("WWW-Authenticate", "")
+    if challenge.startswith("Basic ") and request.headers.get("UseXBasic", "").lower() == "true":
+        return {**headers, "WWW-Authenticate": "X" + challenge}
+    return headers
 
 
 def _sentence(exc):
