@@ -6,6 +6,7 @@ Screenshots of every run are kept in build/test-artifacts/browser/<test>/ (docs/
 """
 import re
 
+import asyncssh
 import pytest
 
 from toolkit.browser import Browser, need_chromium, sign_in
@@ -45,8 +46,11 @@ def telnetd(tmp_path):
 
 
 def open_session(browser, cloud, device, config):
-    """The device list, then the Open link of one configuration; the session page."""
-    page = sign_in(browser, cloud.url)
+    """Signed in, the device list, then the Open link of one configuration; the session page."""
+    return open_from_list(sign_in(browser, cloud.url), device, config)
+
+
+def open_from_list(page, device, config):
     page.click(f"section[data-device='{device}'] tr[data-config='{config}'] a")
     page.wait_for_url(re.compile(r"/apps/remote-access/devices/\d+/configurations/\d+$"))
     return page
@@ -162,6 +166,54 @@ def test_telnet_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(clo
     tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
     page.close()
     agent.wait_for_log(rf"tunnel {tunnel} closed")
+
+
+def ssh_configuration(cloud, sshd, name, **credentials):
+    """An SSH configuration for the test's sshd that logs in with its key, unless `credentials` say otherwise."""
+    credentials = credentials or {"username": sshd.user, "privateKey": open(sshd.key).read()}
+    add_configuration(cloud, cloud.device_id(), "127.0.0.1", sshd.port, name=name, protocol="SSH",
+                      credentialsType="USER_PASS" if "password" in credentials else "KEY_PAIR", credentials=credentials)
+
+
+def test_ssh_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(cloud, make_agent, browser, sshd):
+    """xterm.js on cra-cloud's SSH terminal (cra-cloud the SSH client, logging in to a real sshd with the
+    configuration's key): a typed command's output appears, the shell has the page's terminal size;
+    closing the page closes the tunnel on the agent."""
+    agent = make_agent(cloud)
+    ssh_configuration(cloud, sshd, "shell")
+    page = open_session(browser, cloud, "gw-001", "shell")
+    page.wait_for_selector("#state:has-text('connected')")
+    page.locator(".xterm-helper-textarea").focus()
+    page.keyboard.type("echo $((6*7)); stty size")
+    page.keyboard.press("Enter")
+    shown = wait_for_terminal(page, r"^\d+ \d+\s*$", browser, "the command's output")
+    assert re.search(r"^42\s*$", shown, re.M), shown
+    rows, cols = map(int, re.search(r"^(\d+) (\d+)\s*$", shown, re.M).groups())
+    assert rows == page.locator(".xterm-rows > div").count() and cols > 80, (rows, cols)
+    browser.screenshot("ssh")
+
+    tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
+    page.close()
+    agent.wait_for_log(rf"tunnel {tunnel} closed")
+
+
+def test_ssh_refusals_are_shown_in_words(cloud, make_agent, browser, sshd):
+    """What cra-cloud's SSH client refuses reaches the page as a sentence: a wrong password, and a host
+    key that is not the configuration's."""
+    make_agent(cloud)
+    ssh_configuration(cloud, sshd, "wrong-password", username=sshd.user, password="not-the-password")
+    ssh_configuration(cloud, sshd, "changed-host-key", username=sshd.user, privateKey=open(sshd.key).read(),
+                      hostKey=asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip())
+    expected = {"wrong-password": f"The SSH session failed: SSH authentication failed for user {sshd.user}: "
+                                  "the configuration's password was refused",
+                "changed-host-key": f"The SSH session failed: the host key of 127.0.0.1:{sshd.port} changed: expected "}
+    page = sign_in(browser, cloud.url)
+    for name, sentence in expected.items():
+        page.goto(f"{cloud.url}/apps/remote-access/")
+        open_from_list(page, "gw-001", name)
+        page.wait_for_selector("#problem:not([hidden])")
+        assert page.inner_text("#problem").startswith(sentence), page.inner_text("#problem")
+        browser.screenshot(name)
 
 
 def test_telnet_negotiation_in_the_page(cloud, browser):
