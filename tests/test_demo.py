@@ -57,6 +57,8 @@ def test_make_run_shows_a_working_system_over_tls_and_stops_all_of_it():
                 break
         assert READY in printed, printed
         assert re.search(r"^cra-cloud +https://127\.0\.0\.1:\d+ ", printed, re.M), printed
+        # The remote access page comes first, with who to sign in as.
+        assert re.match(r"\s*browser +https://127\.0\.0\.1:\d+/apps/remote-access/  sign in as admin / admin-pw", printed), printed
         workdir = re.search(r"^files +(\S+):", printed, re.M).group(1)
         commands = re.findall(r"^\s+\$ (.*)$", printed, re.M)
         expected = {"curl --cacert": '"userName": "admin"', "curl http": "Hello from behind the gateway"}

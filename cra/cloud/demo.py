@@ -1,8 +1,9 @@
 """`make run`: the whole system on one machine, with no tenant.
 
 cra-cloud with a seed, serving https and wss under a certificate from a local authority of its
-own, the agent for device gw-001, the services behind the "gateway" (a small web page, and a real
-OpenSSH server when one is installed), and cra-connect in front of each; then what runs where,
+own, the agent for device gw-001, the services behind the "gateway" (a small web page, a real OpenSSH
+server, a VNC desktop and a telnet server, each when Debian's packages for it are installed),
+cra-connect in front of the PASSTHROUGH ones and cra-cloud's remote access page for the others; then what runs where,
 and commands to type (each line that starts with "$ " runs as printed). Ctrl-C stops everything
 it started and removes its files, keys included.
 """
@@ -23,11 +24,13 @@ import threading
 import time
 
 from cra.cloud import certificates
+from cra.cloud.demo_targets import TelnetServer, VirtualDesktop
 
 SSHD = "/usr/sbin/sshd"
 BIN = os.path.dirname(sys.executable)
 ADMIN = {"user": "admin", "password": "admin-pw"}
 DEVICE = {"user": "device_gw-001", "password": "dev-pw"}
+VNC_PASSWORD = "vnc-demo"  # VNC passwords are 8 characters at most
 PAGE = b"<!doctype html><title>cra demo</title><h1>Hello from behind the gateway</h1>\n"
 
 
@@ -185,14 +188,41 @@ def main(argv=None):
         print(f"cra-demo: stopped; {workdir} removed", flush=True)
 
 
+def start_target(target, what, notes):
+    """A demo target started, or None with the reason in `notes` (missing Debian packages, a failed start)."""
+    missing = target.missing()
+    if missing:
+        notes.append(f"{what:<12} not started: install Debian's {' '.join(missing)} (apt-get install {' '.join(missing)})")
+        return None
+    try:
+        return target.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"{what:<12} not started: {exc}")
+        target.stop()
+        return None
+
+
 def run(port, workdir, stop):
     ca_file, certfile, keyfile = certificates.issue(workdir)
     web, sshd, procs = WebPage(), None, []
+    desktop = telnetd = None
+    notes = []  # what could not start, and why
     configurations = [{"name": "web", "hostname": "127.0.0.1", "port": web.port, "protocol": "PASSTHROUGH"}]
     try:
         if LocalSshd.available():
             sshd = LocalSshd(workdir).start()
             configurations.append({"name": "ssh", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "PASSTHROUGH"})
+            with open(sshd.key) as key:  # for the page's SSH terminal, where cra-cloud logs in with it
+                configurations.append({"name": "ssh-terminal", "hostname": "127.0.0.1", "port": sshd.port, "protocol": "SSH",
+                                       "credentialsType": "KEY_PAIR",
+                                       "credentials": {"username": sshd.user, "privateKey": key.read()}})
+        desktop = start_target(VirtualDesktop(workdir, VNC_PASSWORD), "VNC desktop", notes)
+        if desktop:
+            configurations.append({"name": "desktop", "hostname": "127.0.0.1", "port": desktop.port, "protocol": "VNC",
+                                   "credentialsType": "PASS_ONLY", "credentials": {"password": VNC_PASSWORD}})
+        telnetd = start_target(TelnetServer(workdir), "telnet", notes)
+        if telnetd:
+            configurations.append({"name": "console", "hostname": "127.0.0.1", "port": telnetd.port, "protocol": "TELNET"})
         seed_path = os.path.join(workdir, "seed.json")
         with open(seed_path, "w") as handle:
             json.dump(seed(configurations), handle)
@@ -207,12 +237,14 @@ def run(port, workdir, stop):
                            {"CRA_C8Y_PASSWORD": DEVICE["password"]}))
         user_env = {"C8Y_HOST": url, "C8Y_USER": ADMIN["user"], "C8Y_PASSWORD": ADMIN["password"], "CRA_C8Y_CA_FILE": ca_file}
         ports = {}
-        for config in configurations:
+        for config in (c for c in configurations if c["protocol"] == "PASSTHROUGH"):  # the others open in the page
             name = f"connect-{config['name']}"
             procs.append(start([os.path.join(BIN, "cra-connect"), "--device", "gw-001", "--config", config["name"],
                                 "--port", "0"], workdir, name, user_env))
             ports[config["name"]] = first_line(procs[-1], workdir, name, r"listening on 127\.0\.0\.1:(\d+)")
         print(f"""
+browser      {url}/apps/remote-access/  sign in as admin / admin-pw; the sessions open there
+             (the browser does not know the demo's authority, {ca_file}: accept its warning, or import it)
 cra-cloud    {url}  tenant t100, user admin / admin-pw (device gw-001: device_gw-001 / dev-pw);
              its certificate is from a local authority, {ca_file}: trust it with curl --cacert,
              cra-connect --ca-file or CRA_C8Y_CA_FILE, the agent's [c8y] ca_file
@@ -227,8 +259,17 @@ web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['w
                $ {shlex.join(["ssh", "-p", ports['ssh'], *sshd.client_options(), f"{sshd.user}@127.0.0.1"])}
              or with cra-connect as ssh's ProxyCommand, no listener:
                $ {shlex.join(["ssh", *sshd.client_options(), "-o", f"ProxyCommand={proxy}", f"{sshd.user}@gw-001"])}""")
+            print("             and in the browser: configuration ssh-terminal (cra-cloud logs in with the demo's key)")
         else:
             print("sshd         not installed (apt-get install openssh-server), so no SSH demo")
+        if desktop:
+            print(f"VNC desktop  127.0.0.1:{desktop.port} (x11vnc on Xvfb :{desktop.display}): configuration desktop in the "
+                  f"browser, VNC password {VNC_PASSWORD}")
+        if telnetd:
+            print(f"telnet       127.0.0.1:{telnetd.port} (busybox telnetd, a shell as {getpass.getuser()}): "
+                  "configuration console in the browser")
+        for note in notes:
+            print(note)
         print(f"files        {workdir}: logs, keys and certificates, removed when the demo stops\n"
               f"Ctrl-C stops everything.", flush=True)
         stop.wait()
@@ -242,8 +283,9 @@ web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['w
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if sshd:
-            sshd.stop()
+        for target in (sshd, desktop, telnetd):
+            if target:
+                target.stop()
         web.stop()
     return 0
 
