@@ -126,7 +126,12 @@ def test_vnc_session_shows_the_display_and_takes_keystrokes(cloud, make_agent, b
     page.keyboard.press("Enter")
     wait_until(lambda: vnc_desktop.typed.exists() and vnc_desktop.typed.read_text() == "typed-over-vnc\n",
                lambda: f"the keys in the xterm's file ({vnc_desktop.typed.read_text() if vnc_desktop.typed.exists() else 'none'})")
-    browser.screenshot("vnc-typed", canvas)
+
+    def echoed():  # the xterm's first line, inside its border, has dark pixels: the echo drawn and sent back
+        line = Png(page.screenshot(clip={"x": box["x"] + 4, "y": box["y"] + 4, "width": 80, "height": 10}))
+        return any(sum(line.pixel(x, y)) < 200 for x in range(line.width) for y in range(line.height))
+    wait_until(echoed, "the typed line on the VNC canvas")
+    browser.screenshot("vnc-page")
 
     tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
     page.close()
