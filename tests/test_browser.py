@@ -9,11 +9,11 @@ import re
 import asyncssh
 import pytest
 
-from toolkit.browser import Browser, need_chromium, sign_in
+from cra.cloud.demo import LocalSshd
+from toolkit.browser import Browser, need_chromium, need_library, sign_in
 from toolkit.desktop import (ROOT_COLOUR, VNC_PASSWORD, WINDOW_COLOUR, colour_at, desktop, near, telnet_server)
 from toolkit.images import Png
 from toolkit.platform import add_configuration
-from toolkit.programs import ADMIN
 from toolkit.waiting import wait_until
 
 # Where on the VNC screen each colour is: the xterm's 60x12 characters cover the top left, the root the rest.
@@ -33,6 +33,7 @@ def browser(request):
 
 @pytest.fixture
 def vnc_desktop(tmp_path):
+    need_library("novnc")
     started = desktop(tmp_path)
     yield started
     started.stop()
@@ -40,6 +41,7 @@ def vnc_desktop(tmp_path):
 
 @pytest.fixture
 def telnetd(tmp_path):
+    need_library("xterm")
     started = telnet_server(tmp_path)
     yield started
     started.stop()
@@ -180,10 +182,15 @@ def ssh_configuration(cloud, sshd, name, **credentials):
                       credentialsType="USER_PASS" if "password" in credentials else "KEY_PAIR", credentials=credentials)
 
 
+needs_sshd = pytest.mark.skipif(not LocalSshd.available(), reason="OpenSSH server not installed (make test installs it)")
+
+
+@needs_sshd
 def test_ssh_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(cloud, make_agent, browser, sshd):
     """xterm.js on cra-cloud's SSH terminal (cra-cloud the SSH client, logging in to a real sshd with the
     configuration's key): a typed command's output appears, the shell has the page's terminal size;
     closing the page closes the tunnel on the agent."""
+    need_library("xterm")
     agent = make_agent(cloud)
     ssh_configuration(cloud, sshd, "shell")
     page = open_session(browser, cloud, "gw-001", "shell")
@@ -202,6 +209,7 @@ def test_ssh_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(cloud,
     agent.wait_for_log(rf"tunnel {tunnel} closed")
 
 
+@needs_sshd
 def test_ssh_refusals_are_shown_in_words(cloud, make_agent, browser, sshd):
     """What cra-cloud's SSH client refuses reaches the page as a sentence: a wrong password, and a host
     key that is not the configuration's."""

@@ -2,6 +2,7 @@
 fresh profile per test, a page that keeps what a test needs to see when it fails (the console,
 uncaught errors), screenshots kept where a run leaves its artefacts, and no network beyond 127.0.0.1.
 """
+import importlib.util
 import re
 import shutil
 import tempfile
@@ -21,12 +22,18 @@ LOCAL_HOSTS = {"127.0.0.1"}
 
 
 def need_chromium():
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401 (the dev extra has it)
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         pytest.skip("playwright is not installed: pip install -e '.[dev]' (make test does)")
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (make browser-tools, which make test runs)")
+
+
+def need_library(name):
+    """Skip unless cra-cloud finds the web page's library `name` (novnc, xterm) where Debian installs it."""
+    from cra.cloud.webapp import Libraries
+    status = Libraries().status()[name]
+    if not status["available"]:
+        pytest.skip(f"{status['problem']} (make browser-tools, which make test runs, installs it)")
 
 
 class Browser:
