@@ -15,6 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["cra", "cra.*"]),
+    package_data={"cra.cloud": ["web/*"]},  # the remote access page cra-cloud serves
     py_modules=["cra_agent"],
     install_requires=[
         "websocket-client>=1.2.3",
