@@ -1,12 +1,15 @@
 """cra-cloud as a program: what survives a restart, the seed, secrets at rest, and its command line."""
 import json
 import socket
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
-from toolkit.programs import ADMIN, DEVICE, SEED, Cloud
+from toolkit.programs import ADMIN, DEVICE, SEED, Cloud, basic
+from toolkit.waiting import wait_until
 
 SALT = "8f3a2c11d0e94b7a"
 
@@ -198,3 +201,18 @@ def test_a_configuration_switched_to_no_credentials_forgets_its_secret(cloud):
     assert response.status_code == 200
     cloud.stop()
     assert b"pi-Secret-4711" not in _stored_bytes(cloud)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_internal_error(cloud, reset):
+    """An agent whose link drops mid-request: one line saying so, no traceback, and the cloud goes on."""
+    head = (f"POST /inventory/managedObjects HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {basic(ADMIN)}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", int(cloud.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(head.encode() + b'{"name":')
+        time.sleep(0.3)  # the cloud is reading the body
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wait_until(lambda: "before its request was whole" in cloud.log(), "the cloud logging the client's leaving")
+    assert "Traceback" not in cloud.log() and "internal error" not in cloud.log(), cloud.log()
+    assert cloud.api(ADMIN).get("/inventory/managedObjects").status_code == 200

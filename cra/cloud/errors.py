@@ -60,6 +60,9 @@ async def error_middleware(request, handler):
         if exc.status < 400:
             raise
         return error_response(exc.status, f"general/{exc.reason}", _sentence(exc))
+    except ConnectionResetError:  # the client went away in the middle of its request: nobody to answer
+        log.info("%s %s: the client went away before its request was whole", request.method, loggable_path(request.path))
+        return error_response(400, "general/Bad Request", "The request did not arrive whole.")
     except Exception:
         log.exception("internal error on %s %s", request.method, loggable_path(request.path))
         return error_response(500, "general/Internal Server Error", "The server failed to handle the request.")
