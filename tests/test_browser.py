@@ -195,6 +195,7 @@ def test_ssh_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(cloud,
     ssh_configuration(cloud, sshd, "shell")
     page = open_session(browser, cloud, "gw-001", "shell")
     page.wait_for_selector("#state:has-text('connected')")
+    wait_for_terminal(page, r"[#$]\s*$", browser, "the shell's prompt")  # typed sooner, it echoes into the banner
     page.locator(".xterm-helper-textarea").focus()
     page.keyboard.type("echo $((6*7)); stty size")
     page.keyboard.press("Enter")
