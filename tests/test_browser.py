@@ -11,6 +11,7 @@ import pytest
 
 from cra.cloud.demo import LocalSshd
 from toolkit.browser import Browser, need_chromium, need_library, sign_in
+from toolkit.console import PtyConsole
 from toolkit.desktop import (ROOT_COLOUR, VNC_PASSWORD, WINDOW_COLOUR, colour_at, desktop, near, telnet_server)
 from toolkit.images import Png
 from toolkit.platform import add_configuration
@@ -173,6 +174,35 @@ def test_telnet_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(clo
     tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
     page.close()
     agent.wait_for_log(rf"tunnel {tunnel} closed")
+
+
+def test_a_serial_console_in_telnet_mode_in_the_page(cloud, make_agent, browser):
+    """A gateway's serial console ([serial:NAME] mode = telnet, a pty here) in the page's terminal: the
+    agent's telnet side and the page's negotiate, and what is typed reaches the line byte for byte, in
+    binary mode (no NUL after a CR), while what the device says shows with no telnet in it."""
+    need_library("xterm")
+    console = PtyConsole()
+    agent = make_agent(cloud, options={"serial:plc": {"target": "127.0.0.1:7001", "url": console.url, "mode": "telnet"}})
+    add_configuration(cloud, cloud.device_id(), "127.0.0.1", 7001, name="plc-console", protocol="TELNET")
+    page = open_session(browser, cloud, "gw-001", "plc-console")
+    page.wait_for_selector("#state:has-text('connected')")
+    agent.wait_for_log(r"tunnel \d+ open: serial port")
+    console.write(b"PLC ready\r\n> ")
+    wait_for_terminal(page, r"^> ", browser, "the device's prompt")
+    page.locator(".xterm-helper-textarea").focus()
+    page.keyboard.type("status")
+    page.keyboard.press("Enter")
+    assert console.read(len(b"status\r")) == b"status\r"
+    console.write(b"\r\nRUN 42\r\n> ")
+    shown = wait_for_terminal(page, r"^RUN 42\s*$", browser, "the device's answer")
+    assert "\ufffd" not in shown and "\xff" not in shown, shown
+    page.keyboard.type("q")
+    page.keyboard.press("Enter")
+    assert console.read(2) == b"q\r", "nothing between the lines: no NUL after a CR"
+    browser.screenshot("serial-console")
+    page.close()
+    agent.wait_for_log(r"tunnel \d+ closed: serial port")
+    console.hang_up()
 
 
 def ssh_configuration(cloud, sshd, name, **credentials):
