@@ -2,7 +2,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from cra.cloud.demo import LocalSshd
+from cra.cloud.demo_targets import LocalSshd
 from toolkit.platform import Users
 from toolkit.programs import AgentProcess, Cloud
 from toolkit.servers import LocalServer

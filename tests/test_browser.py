@@ -9,7 +9,7 @@ import re
 import asyncssh
 import pytest
 
-from cra.cloud.demo import LocalSshd
+from cra.cloud.demo_targets import LocalSshd
 from toolkit.browser import Browser, need_chromium, need_library, sign_in
 from toolkit.console import PtyConsole
 from toolkit.desktop import (ROOT_COLOUR, VNC_PASSWORD, WINDOW_COLOUR, colour_at, desktop, near, telnet_server)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cra.cloud.demo import LocalSshd
+from cra.cloud.demo_targets import LocalSshd
 from toolkit.programs import ADMIN, SEED, VIEWER, readline_within
 from toolkit.waiting import wait_until
 

@@ -16,7 +16,7 @@ import asyncssh
 import pytest
 import websocket
 
-from cra.cloud.demo import LocalSshd
+from cra.cloud.demo_targets import LocalSshd
 from toolkit.platform import add_configuration, latest_operation
 from toolkit.programs import ADMIN, receive_close, wait_for_status
 from toolkit.servers import EchoServer

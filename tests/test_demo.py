@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cra.cloud.demo import LocalSshd, free_port
+from cra.cloud.demo_targets import LocalSshd, free_port
 
 READY = "Ctrl-C stops everything."
 

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from cra.cloud.demo import LocalSshd
+from cra.cloud.demo_targets import LocalSshd
 from toolkit.programs import ADMIN
 from toolkit.waiting import wait_for_log_count
 

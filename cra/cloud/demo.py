@@ -16,106 +16,19 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 from cra.cloud import certificates
-from cra.cloud.demo_targets import TelnetServer, VirtualDesktop
+from cra.cloud.demo_targets import LocalSshd, TelnetServer, VirtualDesktop
 
-SSHD = "/usr/sbin/sshd"
 BIN = os.path.dirname(sys.executable)
 ADMIN = {"user": "admin", "password": "admin-pw"}
 DEVICE = {"user": "device_gw-001", "password": "dev-pw"}
 VNC_PASSWORD = "vnc-demo"  # VNC passwords are 8 characters at most
 PAGE = b"<!doctype html><title>cra demo</title><h1>Hello from behind the gateway</h1>\n"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port, proc, what, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {timeout} s")
-
-
-class LocalSshd:
-    """A real OpenSSH server, run as the current user on 127.0.0.1 with host and user keys of its own.
-
-    `password_users`: system users who may also log in with their password (sshd must run as root
-    to check one: it reads /etc/shadow itself, without PAM)."""
-
-    def __init__(self, workdir, password_users=()):
-        self.dir = os.path.join(workdir, "sshd")
-        self.user = getpass.getuser()
-        self.password_users = list(password_users)
-        self.key = os.path.join(self.dir, "user_ed25519")
-        self.port = None
-        self.proc = None
-
-    @staticmethod
-    def available():
-        return os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
-
-    def start(self):
-        os.makedirs(self.dir, exist_ok=True)
-        host_key = os.path.join(self.dir, "host_ed25519")
-        for key in (host_key, self.key):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
-        shutil.copy(self.key + ".pub", os.path.join(self.dir, "authorized_keys"))
-        self.port = free_port()
-        config = os.path.join(self.dir, "sshd_config")
-        with open(config, "w") as handle:
-            handle.write(f"""ListenAddress 127.0.0.1:{self.port}
-HostKey {host_key}
-PidFile {self.dir}/sshd.pid
-AuthorizedKeysFile {self.dir}/authorized_keys
-AllowUsers {" ".join([self.user, *self.password_users])}
-PubkeyAuthentication yes
-PasswordAuthentication {"yes" if self.password_users else "no"}
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-LogLevel ERROR
-""")
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-        with open(os.path.join(self.dir, "sshd.log"), "ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log)
-        wait_for_port(self.port, self.proc, "sshd")
-        return self
-
-    @property
-    def host_key_line(self):
-        """The server's public host key as one OpenSSH line (type and base64), as a configuration keeps it."""
-        with open(os.path.join(self.dir, "host_ed25519.pub")) as handle:
-            return " ".join(handle.read().split()[:2])
-
-    def client_options(self):
-        """ssh/scp options that log in with the demo's key and trust the demo's throwaway host key."""
-        return ["-F", "/dev/null", "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class WebPage:

@@ -1,8 +1,9 @@
-"""What `make run` (and the browser tests) put behind the gateway for the web page's sessions, from
-Debian's packages: a VNC server on a virtual display (Xvfb, x11vnc, with a coloured root window and
-an xterm on it) and a telnet server (busybox's telnetd). Each says which packages it lacks rather
+"""What `make run` (and the tests) put behind the gateway, from Debian's packages: a real OpenSSH
+server, a VNC server on a virtual display (Xvfb, x11vnc, with a coloured root window and an xterm
+on it) and a telnet server (busybox's telnetd). Each says which packages it lacks rather
 than failing, all listen on 127.0.0.1 only, and stop() ends every process they started.
 """
+import getpass
 import os
 import select
 import shutil
@@ -11,19 +12,20 @@ import socket
 import subprocess
 import time
 
+SSHD = "/usr/sbin/sshd"
 # The program each needs, and the Debian package that has it.
 DESKTOP_PROGRAMS = {"Xvfb": "xvfb", "x11vnc": "x11vnc", "xsetroot": "x11-xserver-utils", "xterm": "xterm"}
 BUSYBOX = "busybox"  # with the telnetd applet: Debian's busybox-static has it, its busybox does not
 START_TIMEOUT = 15
 
 
-def _free_port():
+def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _wait_for_port(port, proc, what):
+def wait_for_port(port, proc, what):
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -34,6 +36,71 @@ def _wait_for_port(port, proc, what):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {START_TIMEOUT} s")
+
+
+class LocalSshd:
+    """A real OpenSSH server, run as the current user on 127.0.0.1 with host and user keys of its own.
+
+    `password_users`: system users who may also log in with their password (sshd must run as root
+    to check one: it reads /etc/shadow itself, without PAM)."""
+
+    def __init__(self, workdir, password_users=()):
+        self.dir = os.path.join(workdir, "sshd")
+        self.user = getpass.getuser()
+        self.password_users = list(password_users)
+        self.key = os.path.join(self.dir, "user_ed25519")
+        self.port = None
+        self.proc = None
+
+    @staticmethod
+    def available():
+        return os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        host_key = os.path.join(self.dir, "host_ed25519")
+        for key in (host_key, self.key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        shutil.copy(self.key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        self.port = free_port()
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as handle:
+            handle.write(f"""ListenAddress 127.0.0.1:{self.port}
+HostKey {host_key}
+PidFile {self.dir}/sshd.pid
+AuthorizedKeysFile {self.dir}/authorized_keys
+AllowUsers {" ".join([self.user, *self.password_users])}
+PubkeyAuthentication yes
+PasswordAuthentication {"yes" if self.password_users else "no"}
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        with open(os.path.join(self.dir, "sshd.log"), "ab") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log)
+        wait_for_port(self.port, self.proc, "sshd")
+        return self
+
+    @property
+    def host_key_line(self):
+        """The server's public host key as one OpenSSH line (type and base64), as a configuration keeps it."""
+        with open(os.path.join(self.dir, "host_ed25519.pub")) as handle:
+            return " ".join(handle.read().split()[:2])
+
+    def client_options(self):
+        """ssh/scp options that log in with the demo's key and trust the demo's throwaway host key."""
+        return ["-F", "/dev/null", "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 def _stop(procs):
@@ -78,10 +145,10 @@ class VirtualDesktop:
             passwd = os.path.join(self.dir, "passwd")
             subprocess.run(["x11vnc", "-storepasswd", self.password, passwd], check=True, timeout=START_TIMEOUT,
                            capture_output=True)
-            self.port = _free_port()
+            self.port = free_port()
             vnc = self._run(["x11vnc", "-display", f":{self.display}", "-rfbport", str(self.port), "-localhost",
                              "-rfbauth", passwd, "-forever", "-shared", "-noxdamage", "-quiet"], "x11vnc")
-            _wait_for_port(self.port, vnc, "x11vnc")
+            wait_for_port(self.port, vnc, "x11vnc")
         except BaseException:
             self.stop()
             raise
@@ -150,12 +217,12 @@ class TelnetServer:
         issue = os.path.join(self.dir, "issue")
         with open(issue, "w") as handle:
             handle.write(self.issue)
-        self.port = _free_port()
+        self.port = free_port()
         with open(os.path.join(self.dir, "telnetd.log"), "ab") as log:
             proc = subprocess.Popen([BUSYBOX, "telnetd", "-F", "-K", "-b", f"127.0.0.1:{self.port}", "-l", self.login,
                                      "-f", issue], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self._procs.append(proc)
-        _wait_for_port(self.port, proc, "busybox telnetd")
+        wait_for_port(self.port, proc, "busybox telnetd")
         return self
 
     def stop(self):
