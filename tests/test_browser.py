@@ -74,6 +74,26 @@ def wait_for_terminal(page, pattern, browser, what):
     return terminal_text(page)
 
 
+def run_a_command(page, browser):
+    """Type a command in the page's terminal; the terminal's text once its output is there: 42, and
+    the size the shell sees, which must be the terminal's own (rows as drawn, more columns than 80)."""
+    page.locator(".xterm-helper-textarea").focus()
+    page.keyboard.type("echo $((6*7)); stty size")
+    page.keyboard.press("Enter")
+    shown = wait_for_terminal(page, r"^\d+ \d+\s*$", browser, "the command's output")
+    assert re.search(r"^42\s*$", shown, re.M), shown
+    rows, cols = map(int, re.search(r"^(\d+) (\d+)\s*$", shown, re.M).groups())
+    assert rows == page.locator(".xterm-rows > div").count() and cols > 80, (rows, cols)
+    return shown
+
+
+def close_and_see_the_tunnel_end(page, agent):
+    """Closing the page ends the session's tunnel on the agent: its log says so."""
+    tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
+    page.close()
+    agent.wait_for_log(rf"tunnel {tunnel} closed")
+
+
 def test_sign_in_shows_the_tenants_devices_and_their_configurations(cloud, browser):
     """A wrong password is refused with the platform's words; the right one shows every device of the
     user's tenant (not another tenant's) with its configurations; those a browser opens have a link."""
@@ -136,9 +156,7 @@ def test_vnc_session_shows_the_display_and_takes_keystrokes(cloud, make_agent, b
     wait_until(echoed, "the typed line on the VNC canvas")
     browser.screenshot("vnc-page")
 
-    tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
-    page.close()
-    agent.wait_for_log(rf"tunnel {tunnel} closed")
+    close_and_see_the_tunnel_end(page, agent)
 
 
 def test_vnc_wrong_password_is_refused_in_words(cloud, make_agent, browser, vnc_desktop):
@@ -161,19 +179,11 @@ def test_telnet_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(clo
     add_configuration(cloud, cloud.device_id(), "127.0.0.1", telnetd.port, name="console", protocol="TELNET")
     page = open_session(browser, cloud, "gw-001", "console")
     wait_for_terminal(page, r"cra demo telnet target", browser, "the telnet greeting")
-    page.locator(".xterm-helper-textarea").focus()
-    page.keyboard.type("echo $((6*7)); stty size")
-    page.keyboard.press("Enter")
-    shown = wait_for_terminal(page, r"^\d+ \d+\s*$", browser, "the command's output")
-    assert re.search(r"^42\s*$", shown, re.M), shown
-    rows, cols = map(int, re.search(r"^(\d+) (\d+)\s*$", shown, re.M).groups())
-    assert rows == page.locator(".xterm-rows > div").count() and cols > 80, (rows, cols)
+    shown = run_a_command(page, browser)
     assert "\ufffd" not in shown and "\xff" not in shown  # no telnet command shown as text
     browser.screenshot("telnet")
 
-    tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
-    page.close()
-    agent.wait_for_log(rf"tunnel {tunnel} closed")
+    close_and_see_the_tunnel_end(page, agent)
 
 
 def test_a_serial_console_in_telnet_mode_in_the_page(cloud, make_agent, browser):
@@ -226,18 +236,10 @@ def test_ssh_terminal_runs_a_command_and_closing_the_page_ends_the_tunnel(cloud,
     page = open_session(browser, cloud, "gw-001", "shell")
     page.wait_for_selector("#state:has-text('connected')")
     wait_for_terminal(page, r"[#$]\s*$", browser, "the shell's prompt")  # typed sooner, it echoes into the banner
-    page.locator(".xterm-helper-textarea").focus()
-    page.keyboard.type("echo $((6*7)); stty size")
-    page.keyboard.press("Enter")
-    shown = wait_for_terminal(page, r"^\d+ \d+\s*$", browser, "the command's output")
-    assert re.search(r"^42\s*$", shown, re.M), shown
-    rows, cols = map(int, re.search(r"^(\d+) (\d+)\s*$", shown, re.M).groups())
-    assert rows == page.locator(".xterm-rows > div").count() and cols > 80, (rows, cols)
+    run_a_command(page, browser)
     browser.screenshot("ssh")
 
-    tunnel = re.search(r"tunnel (\d+)", agent.wait_for_log(r"tunnel \d+ open")).group(1)
-    page.close()
-    agent.wait_for_log(rf"tunnel {tunnel} closed")
+    close_and_see_the_tunnel_end(page, agent)
 
 
 @needs_sshd
