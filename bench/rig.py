@@ -21,7 +21,7 @@ import psutil
 import requests
 
 from bench.traffic import tcp, websocket
-from cra.cloud.demo import free_port, wait_for_port
+from cra.cloud.demo_targets import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -25,8 +25,8 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_for_port(port, proc, what):
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_for_port(port, proc, what, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with code {proc.returncode}")
@@ -35,7 +35,7 @@ def wait_for_port(port, proc, what):
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {START_TIMEOUT} s")
+    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {timeout} s")
 
 
 class LocalSshd:
