@@ -30,7 +30,7 @@ async function newTerminal(screen) {
 
 // How each protocol reads the WebSocket and writes to it.
 const PROTOCOLS = {
-  TELNET(socket, term, view) {
+  TELNET(socket, term) {
     const telnet = new Telnet((bytes) => socket.send(bytes), () => [term.cols, term.rows]);
     const text = new TextDecoder();
     return {
@@ -46,7 +46,7 @@ const PROTOCOLS = {
       },
     };
   },
-  SSH(socket, term, view) {
+  SSH(socket, term) {
     const text = new TextDecoder();
     const sendSize = () => socket.send(JSON.stringify({ resize: { cols: term.cols, rows: term.rows } }));
     socket.addEventListener("open", sendSize);
@@ -69,7 +69,7 @@ export async function startTerminal(view, urlFor, protocol) {
   // The first size rides on the URL too, so that a shell starts with it.
   const socket = new WebSocket(urlFor({ cols: term.cols, rows: term.rows }), ["binary"]);
   socket.binaryType = "arraybuffer";
-  const wire = PROTOCOLS[protocol](socket, term, view);
+  const wire = PROTOCOLS[protocol](socket, term);
   const keys = new TextEncoder();
   view.state("connecting…");
   socket.addEventListener("open", () => view.state("connected"));
