@@ -22,7 +22,7 @@ import tempfile
 import threading
 
 from cra.cloud import certificates
-from cra.cloud.demo_targets import LocalSshd, TelnetServer, VirtualDesktop
+from cra.cloud.demo_targets import LocalSshd, TelnetServer, VirtualDesktop, stop_all
 
 BIN = os.path.dirname(sys.executable)
 ADMIN = {"user": "admin", "password": "admin-pw"}
@@ -188,14 +188,7 @@ web page     127.0.0.1:{web.port}, reached through cra-connect on port {ports['w
         stop.wait()
         print("\ncra-demo: stopping cra-connect, cra-agent, cra-cloud and the services", flush=True)
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         for target in (sshd, desktop, telnetd):
             if target:
                 target.stop()

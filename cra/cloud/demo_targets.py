@@ -103,7 +103,8 @@ LogLevel ERROR
             self.proc.wait(10)
 
 
-def _stop(procs):
+def stop_all(procs):
+    """SIGTERM to each, the last started first; killed when one has not ended 10 s on."""
     for proc in reversed(procs):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -189,7 +190,7 @@ class VirtualDesktop:
         return proc
 
     def stop(self):
-        _stop(self._procs)
+        stop_all(self._procs)
 
 
 class TelnetServer:
@@ -226,4 +227,4 @@ class TelnetServer:
         return self
 
     def stop(self):
-        _stop(self._procs)
+        stop_all(self._procs)
